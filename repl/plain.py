@@ -1,0 +1,507 @@
+"""The plain line-mode REPL: `textgen --plain`, and the face used when not on a terminal.
+
+On a terminal it reads with prompt_toolkit (line editing, history kept across runs); from a pipe
+it reads one prompt per line. Either way model text streams to stdout and notes go to stderr, so
+`printf 'Hello\\n/regen\\n' | textgen --plain > out.txt` keeps only the answers. Ctrl+C stops a
+generation (the text so far is kept and saved) without leaving the REPL. The work itself is done
+by `Conversation`, which the TUI shares: every finished or stopped generation is autosaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.output import create_output
+
+from repl.conversation import Conversation
+from repl.errors import TextgenError
+from repl.options import params_from_args
+from repl.params import PARAM_NAMES, PRESETS, SamplingParams, preset
+from repl.session import (
+    Session,
+    atomic_write,
+    default_sessions_dir,
+    load_session,
+    session_filename,
+)
+
+if TYPE_CHECKING:
+    from prompt_toolkit.key_binding import KeyPressEvent
+
+    from repl.engine import Generator, StreamItem
+
+HISTORY_FILE = ".plain-history"
+
+HELP = """\
+Type a prompt and press Enter; the model's text streams back. Ctrl+C stops a generation,
+Ctrl+D (or /quit) leaves. Esc Enter inserts a new line. A line starting with // sends a
+prompt that starts with /.
+
+  /regen             another alternative for the last prompt (it becomes the selected one)
+  /alt [N]           list the last prompt's alternatives, or select and show alternative N
+  /continue          extend the selected alternative
+  /set NAME VALUE    change a sampling parameter, e.g. /set temperature 0.7, /set seed none
+  /preset NAME       use a preset: {presets}
+  /params            show the sampling parameters
+  /mode chat|complete  chat through the model's template, or continue raw text
+  /save [FILE]       save now (sessions are also saved after every generation)
+  /load FILE         open a saved session and continue it
+  /new               start a new session
+  /export md|jsonl [FILE]  write the session as Markdown or JSONL
+  /model SPEC        switch model (default, models/NAME, a .gguf file, a hub id)
+  /replay [N]        regenerate alternative N (default: the selected one) from its stored seed
+                     and parameters, and say whether the text came out the same
+  /help              this text
+  /quit              leave
+"""
+
+
+def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
+    """Run the REPL until /quit or end of input. `interactive` defaults to stdin being a
+    terminal; tests pass True to drive prompt_toolkit through a pipe input."""
+    from repl.engine import Generator
+    from repl.models import load_model
+
+    sessions_dir = args.sessions_dir or default_sessions_dir()
+    spec = args.model
+    if args.session is not None:
+        # Load (and validate) the file before the slower model load; it is never written here.
+        session = load_session(args.session)
+        params = params_from_args(args, base=session.params)
+        if spec == "default" and session.model.get("spec", "default") != "default":
+            spec = session.model["spec"]
+            note(f"using the session's model {spec} (--model chooses another)")
+    else:
+        params = params_from_args(args)
+        session = None
+    note("loading model...")
+    try:
+        loaded = load_model(spec, device=args.device, dtype=args.dtype,
+                            fast=args.fast)
+    except TextgenError as exc:
+        if spec == args.model:
+            raise
+        # The session's own model is gone (a moved folder): carry on with the one asked for.
+        note(f"textgen: note: cannot load the session's model ({exc}); using {args.model}")
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype,
+                            fast=args.fast)
+    params.check_fits(loaded.info.context_length)
+    generator = Generator(loaded)
+    if session is None:
+        session = Session(model={"spec": loaded.info.spec, "name": loaded.info.name})
+    session.params = params
+    conversation = Conversation(session, sessions_dir=sessions_dir, path=args.session,
+                                mode="chat" if args.chat else "complete")
+    if args.session is not None and not args.chat:
+        conversation.open(session, args.session)  # continue in the mode of its last turn
+    conversation.set_generator(generator)
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    repl = PlainRepl(conversation, sessions_dir, interactive=interactive)
+    return repl.loop()
+
+
+def note(message: str) -> None:
+    """A status line for the person (stderr), kept apart from the model's text (stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class PlainRepl:
+    def __init__(self, conversation: Conversation, sessions_dir: Path, *, interactive: bool,
+                 out: TextIO | None = None) -> None:
+        self.conversation = conversation
+        self.sessions_dir = sessions_dir
+        self.interactive = interactive
+        self.out = out or sys.stdout
+        self.running = True
+        self.commands: dict[str, Callable[[str], None]] = {
+            "regen": self.cmd_regen, "alt": self.cmd_alt, "continue": self.cmd_continue,
+            "set": self.cmd_set, "preset": self.cmd_preset, "params": self.cmd_params,
+            "mode": self.cmd_mode, "save": self.cmd_save, "load": self.cmd_load,
+            "new": self.cmd_new, "export": self.cmd_export, "model": self.cmd_model,
+            "replay": self.cmd_replay, "help": self.cmd_help, "quit": self.cmd_quit,
+            "exit": self.cmd_quit,
+        }
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def loop(self) -> int:
+        info = self.conversation.generator.info if self.conversation.generator else None
+        if info is not None:
+            note(f"{info.summary()} · {self.conversation.mode} mode · /help lists commands")
+        if self.conversation.session.turns:
+            count = len(self.conversation.session.turns)
+            note(f"resumed {count} turn{'s' if count > 1 else ''} from {self.conversation.path}")
+        for line in self._lines():
+            self.handle(line)
+            if not self.running:
+                break
+        self._goodbye()
+        return 0
+
+    def _lines(self) -> Iterator[str]:
+        if not self.interactive:
+            for line in sys.stdin:
+                yield line.rstrip("\r\n")
+            return
+        prompt = self._prompt_session()
+        while True:
+            try:
+                yield prompt.prompt(f"{self.conversation.mode}> ")
+            except KeyboardInterrupt:  # Ctrl+C at the prompt clears the line, like a shell
+                continue
+            except EOFError:
+                return
+
+    def _prompt_session(self) -> PromptSession[str]:
+        bindings = KeyBindings()
+
+        @bindings.add("escape", "enter")
+        def _newline(event: KeyPressEvent) -> None:
+            event.current_buffer.insert_text("\n")
+
+        output = None
+        if not sys.stdout.isatty() and sys.stderr.isatty():
+            # `textgen --plain > out.txt`: the prompt goes to the terminal, the text to the file.
+            output = create_output(always_prefer_tty=True)
+        return PromptSession(history=QuietFileHistory(str(self.sessions_dir / HISTORY_FILE)),
+                             key_bindings=bindings, output=output)
+
+    def handle(self, line: str) -> None:
+        """One line: a /command, or a prompt for the model."""
+        try:
+            if line.startswith("/") and not line.startswith("//"):
+                name, _, rest = line[1:].partition(" ")
+                command = self.commands.get(name.strip().lower())
+                if command is None:
+                    raise TextgenError(f"unknown command /{name}; /help lists them.")
+                command(rest.strip())
+            elif line.strip():
+                self.generate(self.conversation.submit(line.removeprefix("/")))
+        except (TextgenError, ValueError) as exc:
+            note(f"textgen: error: {exc}")
+
+    def _goodbye(self) -> None:
+        conversation = self.conversation
+        if conversation.save_error:
+            note(f"textgen: the session could NOT be saved: {conversation.save_error}")
+        elif conversation.path is not None and conversation.session.turns:
+            note(f"session saved to {conversation.path}")
+
+    # --- streaming -----------------------------------------------------------------------------
+
+    def generate(self, stream: Iterator[StreamItem]) -> None:
+        """Print the stream as it comes; Ctrl+C cancels it (the engine stops within a token)."""
+        from repl.engine import GenerationStats, Notice
+
+        stats: GenerationStats | None = None
+        ended_with_newline = True
+        with self._ctrl_c_cancels():
+            try:
+                for item in stream:
+                    if isinstance(item, str):
+                        self.out.write(item)
+                        self.out.flush()
+                        ended_with_newline = item.endswith("\n")
+                    elif isinstance(item, Notice):
+                        if not ended_with_newline:
+                            self.out.write("\n")
+                            self.out.flush()
+                            ended_with_newline = True
+                        note(f"textgen: note: {item.message}")
+                    elif isinstance(item, GenerationStats):
+                        stats = item
+            except (TextgenError, ValueError):
+                raise
+            except Exception as exc:  # the text so far is already recorded and saved
+                raise TextgenError(f"generation failed: {exc}") from exc
+            finally:
+                stream.close()  # type: ignore[attr-defined]
+                if not ended_with_newline:
+                    self.out.write("\n")
+                    self.out.flush()
+        if stats is not None:
+            turn = self.conversation.last_turn
+            alt = f" · alternative {turn.selected + 1}/{len(turn.completions)}" if (
+                turn is not None and len(turn.completions) > 1) else ""
+            stopped = " (stopped)" if stats.finish_reason == "cancelled" else ""
+            note(f"[{stats.summary()}{alt}]{stopped}")
+
+    @contextlib.contextmanager
+    def _ctrl_c_cancels(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_interrupt(signum: int, frame: object) -> None:
+            self.conversation.cancel()
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            with _no_ctrl_echo():
+                yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def cmd_regen(self, rest: str) -> None:
+        self.generate(self.conversation.regenerate())
+
+    def cmd_continue(self, rest: str) -> None:
+        self.generate(self.conversation.continue_())
+
+    def cmd_alt(self, rest: str) -> None:
+        turn = self.conversation.last_turn
+        if turn is None or not turn.completions:
+            raise TextgenError("there is no prompt yet; submit one first.")
+        if not rest:
+            for i, completion in enumerate(turn.completions):
+                mark = "*" if i == turn.selected else " "
+                text = " ".join(completion.text.split())
+                self._say(f"{mark} {i + 1}: {text[:70]}{'…' if len(text) > 70 else ''}")
+            return
+        try:
+            number = int(rest)
+        except ValueError:
+            raise TextgenError(f"/alt takes an alternative number, not {rest!r}.") from None
+        completion = self.conversation.select(number - 1)
+        self.out.write(completion.text + "\n")
+        self.out.flush()
+        note(f"[alternative {number}/{len(turn.completions)} selected]")
+        self._report_save_error()
+
+    def cmd_set(self, rest: str) -> None:
+        name, _, value = rest.partition(" ")
+        if not name or (not value.strip() and name.replace("-", "_") not in ("seed", "stop")):
+            raise TextgenError("usage: /set NAME VALUE, e.g. /set temperature 0.7; "
+                               f"names: {', '.join(PARAM_NAMES)}.")
+        params = self.conversation.params.with_text(name, value)
+        self._use_params(params)
+        key = name.strip().replace("-", "_")
+        note(f"{key} = {getattr(params, key)!r}")
+
+    def cmd_preset(self, rest: str) -> None:
+        if not rest:
+            raise TextgenError(f"usage: /preset NAME; one of {', '.join(PRESETS)}.")
+        self._use_params(preset(rest))
+        note(f"preset {rest}: {self._describe_params()}")
+
+    def cmd_params(self, rest: str) -> None:
+        for name, value in self.conversation.params.to_dict().items():
+            self._say(f"{name:22} {value!r}")
+
+    def cmd_mode(self, rest: str) -> None:
+        if rest not in ("chat", "complete"):
+            raise TextgenError("usage: /mode chat or /mode complete.")
+        self.conversation.mode = rest  # type: ignore[assignment]
+        note(f"{rest} mode")
+
+    def cmd_save(self, rest: str) -> None:
+        conversation = self.conversation
+        if rest:
+            target = Path(rest).expanduser()
+            if target.exists() and target != conversation.path:
+                raise TextgenError(f"{target} already exists; choose another name.")
+            previous, conversation.path = conversation.path, target
+            if error := conversation.save():
+                conversation.path = previous  # keep autosaving where it worked
+                raise TextgenError(error)
+        else:
+            if not conversation.session.turns and conversation.path is None:
+                raise TextgenError("nothing to save yet; submit a prompt first.")
+            if error := conversation.save():
+                raise TextgenError(error)
+        note(f"saved to {conversation.path}")
+
+    def cmd_load(self, rest: str) -> None:
+        if not rest:
+            raise TextgenError("usage: /load FILE")
+        path = Path(rest).expanduser()
+        session = load_session(path)
+        current = self.conversation.generator
+        if current is not None:
+            session.params.check_fits(current.info.context_length)
+        self.conversation.open(session, path)
+        if current is not None and session.model.get("spec") != current.info.spec:
+            note(f"this session was made with {session.model.get('spec')}; generating "
+                 f"with {current.info.spec} from now on (/model SPEC switches).")
+            self.conversation.set_generator(current)
+        note(f"loaded {len(session.turns)} turn{'' if len(session.turns) == 1 else 's'} "
+             f"from {path}")
+        turn = self.conversation.last_turn
+        if turn is not None and turn.completion is not None:
+            self._say(f"{turn.mode}> {turn.prompt}")
+            self.out.write(turn.completion.text + "\n")
+            self.out.flush()
+
+    def cmd_new(self, rest: str) -> None:
+        generator = self.conversation.generator
+        model = ({"spec": generator.info.spec, "name": generator.info.name} if generator
+                 else dict(self.conversation.session.model))
+        self.conversation.open(Session(model=model, params=self.conversation.params), None)
+        note("new session")
+
+    def cmd_export(self, rest: str) -> None:
+        from repl.export import FORMATS, export
+
+        fmt, _, target = rest.partition(" ")
+        if fmt not in FORMATS:
+            raise TextgenError("usage: /export md|jsonl [FILE]")
+        if target.strip():
+            path = Path(target.strip()).expanduser()
+        else:
+            base = self.conversation.path or (self.sessions_dir /
+                                              session_filename(self.conversation.session))
+            path = base.with_suffix(f".{fmt}")
+        atomic_write(path, export(self.conversation.session, fmt).encode("utf-8"))
+        note(f"exported to {path}")
+
+    def cmd_model(self, rest: str) -> None:
+        from repl.engine import Generator
+        from repl.models import load_model
+
+        if not rest:
+            raise TextgenError("usage: /model SPEC (default, models/NAME, a .gguf file, gpt2)")
+        note("loading model...")
+        loaded = load_model(rest)
+        self.conversation.params.check_fits(loaded.info.context_length)
+        old: Generator | None = self.conversation.generator
+        self.conversation.set_generator(Generator(loaded))
+        del old  # the previous model's memory goes with its last reference
+        note(loaded.info.summary())
+
+    def cmd_replay(self, rest: str) -> None:
+        """Not recorded: it only shows that a stored completion can be made again exactly."""
+        conversation = self.conversation
+        turn = conversation.last_turn
+        if turn is None or not turn.completions:
+            raise TextgenError("there is no prompt yet; submit one first.")
+        try:
+            index = int(rest) - 1 if rest else turn.selected
+        except ValueError:
+            raise TextgenError(f"/replay takes an alternative number, not {rest!r}.") from None
+        turn_index = len(conversation.session.turns) - 1
+        requests = [conversation.replay_request(turn_index, index)]
+        completion = turn.completions[index]
+        requests += [conversation.replay_continuation_request(turn_index, index, k)
+                     for k in range(len(completion.continuations))]
+        generator = conversation.generator
+        if generator is None or generator.info.spec != completion.model:
+            raise TextgenError(f"alternative {index + 1} was made with {completion.model}; "
+                               f"/model {completion.model} first.")
+        from repl.engine import GenerationStats
+
+        pieces: list[str] = []
+        finish = None
+        with self._ctrl_c_cancels():
+            try:
+                for request in requests:
+                    for item in generator.stream(request):
+                        if isinstance(item, str):
+                            pieces.append(item)
+                            self.out.write(item)
+                            self.out.flush()
+                        elif isinstance(item, GenerationStats):
+                            finish = item.finish_reason
+                    if finish == "cancelled":
+                        break
+            except (TextgenError, ValueError):
+                raise
+            except Exception as exc:  # e.g. a token id this model does not have
+                raise TextgenError(f"replay failed: {exc}") from exc
+            finally:
+                self.out.write("\n")
+                self.out.flush()
+        replayed = "".join(pieces)
+        # A forced alternative's stream starts after its kept text and forced token.
+        same = (replayed == completion.text if completion.forced is None
+                else completion.text.endswith(replayed))
+        if finish == "cancelled":
+            note("[replay stopped]")
+        elif same:
+            note(f"[replay of alternative {index + 1}: identical to the stored text]")
+        else:
+            note(f"[replay of alternative {index + 1}: DIFFERS from the stored text "
+                 "(another device, dtype or library version?)]")
+
+    def cmd_help(self, rest: str) -> None:
+        self.out.write(HELP.format(presets=", ".join(PRESETS)))
+        self.out.flush()
+
+    def cmd_quit(self, rest: str) -> None:
+        self.running = False
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _use_params(self, params: SamplingParams) -> None:
+        generator = self.conversation.generator
+        if generator is not None:
+            params.check_fits(generator.info.context_length)
+        self.conversation.params = params
+        if self.conversation.session.turns:  # so a resumed session gets them back
+            self.conversation.save()
+            self._report_save_error()
+
+    def _describe_params(self) -> str:
+        from repl.export import describe_params
+
+        return describe_params(self.conversation.params)
+
+    def _say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _report_save_error(self) -> None:
+        if self.conversation.save_error:
+            note(f"textgen: {self.conversation.save_error}")
+
+
+@contextlib.contextmanager
+def _no_ctrl_echo() -> Iterator[None]:
+    """Keep the terminal from echoing "^C" into the middle of the streamed text."""
+    try:
+        import termios
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError):  # not a terminal: a pipe, a test's StringIO
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHOCTL
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+class QuietFileHistory(FileHistory):
+    """Prompt history in a file; a folder that cannot be written only loses the history."""
+
+    def load_history_strings(self) -> Iterable[str]:
+        try:
+            return list(super().load_history_strings())
+        except OSError:
+            return []
+
+    def store_string(self, string: str) -> None:
+        try:
+            Path(self.filename).parent.mkdir(parents=True, exist_ok=True)
+            super().store_string(string)
+        except OSError:
+            pass
