@@ -1,0 +1,184 @@
+"""TUI latency: time from `textgen` to a visible screen, and the longest UI stall while the model
+loads and during a 300-token generation, in a real terminal (tmux).
+
+    .venv/bin/python benchmarks/tui_latency.py [--runs 3] [--new-tokens 300] [--model default]
+
+Start-up: tmux runs the real `textgen` command; capture-pane is polled every 10 ms until the
+status bar is drawn ("first screen") and until it names the loaded model ("model ready").
+
+Stalls: tmux runs this script again as a child that drives the real app (real terminal driver,
+real rendering) with a 5 ms probe timer on the UI's event loop; a stall is the longest gap
+between two probe ticks beyond the 5 ms period, i.e. the longest time the UI could not react to
+a key. EOS is switched off for the run so the generation is exactly --new-tokens long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+PROBE_S = 0.005
+PROMPT = "The history of climate change research began"
+ROOT = Path(__file__).resolve().parent.parent
+TEXTGEN = Path(sys.executable).parent / "textgen"
+
+
+def tmux(socket: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True)
+
+
+def startup_run(model: str, sessions: Path) -> tuple[float, float]:
+    """Seconds from launching `textgen` to its first screen, and to the model being ready."""
+    socket = f"tui-latency-{time.monotonic_ns()}"
+    command = f"env TEXTGEN_SESSIONS_DIR={sessions} {TEXTGEN} --model {model}"
+    started = time.perf_counter()
+    tmux(socket, "new-session", "-d", "-s", "b", "-x", "120", "-y", "35", command)
+    first = ready = None
+    screen = ""
+    try:
+        while ready is None and time.perf_counter() - started < 300:
+            capture = tmux(socket, "capture-pane", "-p", "-t", "b")
+            if capture.returncode != 0:
+                raise SystemExit(f"textgen exited before it was ready; last screen:\n{screen}")
+            screen = capture.stdout
+            status = next((line for line in screen.splitlines() if "tok/s" in line), "")
+            now = time.perf_counter() - started
+            if status and first is None:
+                first = now
+            if status and "loading model" not in status:
+                ready = now
+            time.sleep(0.01)
+    finally:
+        tmux(socket, "kill-server")
+    if first is None or ready is None:
+        raise SystemExit(f"textgen did not get ready within 300 s; its screen:\n{screen}")
+    return first, ready
+
+
+def stall_run(model: str, new_tokens: int) -> dict[str, float]:
+    """Run the child in tmux and read back what it measured."""
+    socket = f"tui-latency-{time.monotonic_ns()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = (f"{sys.executable} {Path(__file__).resolve()} --child {out} "
+                   f"--model {model} --new-tokens {new_tokens} --sessions-dir {tmp}")
+        tmux(socket, "new-session", "-d", "-s", "b", "-x", "120", "-y", "35", command)
+        try:
+            deadline = time.monotonic() + 1800
+            while not out.exists():
+                if time.monotonic() > deadline:
+                    raise SystemExit("the stall run did not finish in 30 minutes")
+                if tmux(socket, "has-session", "-t", "b").returncode != 0:
+                    raise SystemExit("the stall run exited without a result")
+                time.sleep(0.5)
+            time.sleep(0.2)
+            return json.loads(out.read_text())
+        finally:
+            tmux(socket, "kill-server")
+
+
+def child(args: argparse.Namespace) -> int:
+    """Inside tmux: the real app with a probe timer; submits one prompt, then quits."""
+    from repl.params import SamplingParams
+    from repl.tui.app import TextgenApp
+
+    class ProbedApp(TextgenApp):
+        def on_mount(self) -> None:  # runs after TextgenApp.on_mount (Textual calls both)
+            self.phase = "load"
+            self.gaps: dict[str, list[float]] = {"load": [], "generate": []}
+            self.worst_at = (0.0, 0.0)  # (gap, seconds into the generation)
+            self.generate_started = 0.0
+            self.last_tick = time.perf_counter()
+            self.set_interval(PROBE_S, self.probe)
+
+        def probe(self) -> None:
+            now = time.perf_counter()
+            if self.phase in self.gaps:
+                gap = now - self.last_tick - PROBE_S
+                self.gaps[self.phase].append(gap)
+                if self.phase == "generate" and gap > self.worst_at[0]:
+                    self.worst_at = (gap, self.last_tick - self.generate_started)
+            self.last_tick = now
+            if self.phase == "load" and self.conversation.generator is not None:
+                generator = self.conversation.generator
+                generator.model.generation_config.eos_token_id = None  # exactly N tokens
+                self.phase = "wait"
+                self.prompt.text = PROMPT
+                self.prompt.action_submit()
+            elif self.phase == "wait" and self.job is not None:
+                self.phase = "generate"
+                self.generate_started = now
+            elif self.phase == "generate" and self.job is None:
+                self.phase = "done"
+                self.finish()
+
+        def finish(self) -> None:
+            turn = self.conversation.session.turns[-1]
+            stats = turn.completion.stats if turn.completion else None
+            gaps = self.gaps
+            result = {
+                "load_max_stall_ms": max(gaps["load"], default=0) * 1000,
+                "gen_max_stall_ms": max(gaps["generate"], default=0) * 1000,
+                "gen_p99_stall_ms": (statistics.quantiles(gaps["generate"], n=100)[98] * 1000
+                                     if len(gaps["generate"]) >= 100 else 0.0),
+                "gen_ticks": len(gaps["generate"]),
+                "gen_max_stall_at_s": self.worst_at[1],
+                "new_tokens": stats.new_tokens if stats else 0,
+                "tokens_per_s": (stats.tokens_per_s or 0.0) if stats else 0.0,
+                "finish": stats.finish_reason if stats else "none",
+            }
+            Path(args.child).write_text(json.dumps(result))
+            self.exit(0)
+
+    params = SamplingParams(max_new_tokens=args.new_tokens, seed=1)
+    ProbedApp(args.model, params=params, sessions_dir=Path(args.sessions_dir)).run()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="start-up runs (median reported)")
+    parser.add_argument("--new-tokens", type=int, default=300)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--sessions-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    if shutil.which("tmux") is None:
+        raise SystemExit("tmux is needed: apt-get install -y tmux")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [startup_run(args.model, Path(tmp)) for _ in range(args.runs)]
+    first = statistics.median(r[0] for r in runs)
+    ready = statistics.median(r[1] for r in runs)
+    stalls = stall_run(args.model, args.new_tokens)
+    rows = [
+        ("`textgen` -> first screen (loading model)", f"{first * 1000:.0f} ms"),
+        ("`textgen` -> model ready", f"{ready * 1000:.0f} ms"),
+        ("longest UI stall while the model loads", f"{stalls['load_max_stall_ms']:.0f} ms"),
+        (f"longest UI stall, {stalls['new_tokens']}-token generation",
+         f"{stalls['gen_max_stall_ms']:.0f} ms (at {stalls['gen_max_stall_at_s']:.1f} s)"),
+        ("99th percentile UI stall, same generation", f"{stalls['gen_p99_stall_ms']:.0f} ms"),
+        ("decode speed during that generation", f"{stalls['tokens_per_s']:.1f} tok/s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"TUI latency · model {args.model} · median of {args.runs} start-ups · "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'measure'.ljust(width)}  value")
+    print(f"{'-' * width}  -------")
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

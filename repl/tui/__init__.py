@@ -1,0 +1,1 @@
+"""The Textual TUI: `textgen` with no command, on a terminal. Entry point: `repl.tui.app.run`."""

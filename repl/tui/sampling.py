@@ -1,0 +1,194 @@
+"""The sampling panel: one input per parameter, a preset picker and the mode.
+
+Each input is checked by `SamplingParams.with_text` (the same parser and validator as `/set` and
+the command-line flags). A value that does not pass shows the validator's sentence under its
+input and is not applied: the last valid parameters stay in force.
+"""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.validation import ValidationResult, Validator
+from textual.widgets import Input, Label, Select
+
+from repl.params import PRESETS, SamplingParams
+from repl.session import MODES, Mode
+
+# (field, label) in the order shown; seed and stop accept empty input.
+FIELDS: tuple[tuple[str, str], ...] = (
+    ("do_sample", "sample"),
+    ("temperature", "temperature"),
+    ("top_k", "top-k"),
+    ("top_p", "top-p"),
+    ("min_p", "min-p"),
+    ("max_new_tokens", "max tokens"),
+    ("repetition_penalty", "rep. penalty"),
+    ("no_repeat_ngram_size", "no-repeat n"),
+    ("seed", "seed"),
+    ("stop", "stop"),
+)
+
+
+def field_text(params: SamplingParams, name: str) -> str:
+    value = getattr(params, name)
+    if name == "seed":
+        return "" if value is None else str(value)
+    if name == "stop":
+        return ", ".join(value)
+    if name == "do_sample":
+        return "on" if value else "off"
+    return str(value)
+
+
+def matching_preset(params: SamplingParams) -> str | None:
+    """The preset these params equal, ignoring the seed."""
+    for name, candidate in PRESETS.items():
+        if candidate == params.replace(seed=None):
+            return name
+    return None
+
+
+class ParamValidator(Validator):
+    """Valid when the panel's current params accept this text for `name`."""
+
+    def __init__(self, panel: SamplingPanel, name: str) -> None:
+        super().__init__()
+        self.panel = panel
+        self.name = name
+
+    def validate(self, value: str) -> ValidationResult:
+        try:
+            self.panel.parse(self.name, value)
+        except ValueError as exc:
+            return self.failure(str(exc))
+        return self.success()
+
+
+class SamplingPanel(VerticalScroll):
+    """Edits `params`; posts `Changed` with each valid change."""
+
+    class Changed(Message):
+        def __init__(self, params: SamplingParams) -> None:
+            super().__init__()
+            self.params = params
+
+    class ModeChanged(Message):
+        def __init__(self, mode: Mode) -> None:
+            super().__init__()
+            self.mode = mode
+
+    def __init__(self, params: SamplingParams, mode: Mode = "complete", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.params = params
+        self.mode: Mode = mode
+        self.context_length: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("Sampling · Ctrl+S", id="sampling-title")
+        with Horizontal(classes="row"):
+            yield Label("preset", classes="name")
+            yield Select([(name, name) for name in PRESETS], value=matching_preset(self.params)
+                         or Select.NULL, allow_blank=True, prompt="custom", compact=True,
+                         id="preset")
+        with Horizontal(classes="row"):
+            yield Label("mode", classes="name")
+            yield Select([(m, m) for m in MODES], value=self.mode, allow_blank=False,
+                         compact=True, id="mode")
+        for name, label in FIELDS:
+            with Horizontal(classes="row"):
+                yield Label(label, classes="name")
+                yield Input(field_text(self.params, name), id=name, compact=True,
+                            validators=[ParamValidator(self, name)],
+                            validate_on=["changed", "submitted", "blur"], valid_empty=False,
+                            tooltip=f"{name}; Enter or leaving the field applies it")
+            yield Label("", id=f"{name}-error", classes="error")
+
+    # --- parsing and applying -----------------------------------------------------------------
+
+    def parse(self, name: str, text: str) -> SamplingParams:
+        """The params with `name` set from `text`, or ValueError with the sentence to show."""
+        params = self.params.with_text(name, text)
+        if name == "temperature" and params.temperature > 0 and not params.do_sample:
+            params = params.replace(do_sample=True)  # asking for heat means asking to sample
+        if name == "max_new_tokens":
+            params.check_fits(self.context_length)
+        return params
+
+    @on(Input.Blurred)
+    def _input_left(self, event: Input.Blurred) -> None:
+        """Leaving a field that is still empty says why it was not applied."""
+        event.stop()
+        if not event.value.strip():
+            self._input_changed(event)
+
+    @on(Input.Changed)
+    def _input_changed(self, event: Input.Changed | Input.Blurred) -> None:
+        event.stop()
+        name = event.input.id or ""
+        error = self.query_one(f"#{name}-error", Label)
+        result = event.validation_result
+        typing = isinstance(event, Input.Changed)
+        if typing and not event.value.strip() and name not in ("seed", "stop"):
+            error.remove_class("-shown")  # mid-edit: no complaint yet, nothing applied
+            return
+        if result is not None and not result.is_valid:
+            error.update(result.failure_descriptions[0])
+            error.add_class("-shown")
+            return
+        error.update("")
+        error.remove_class("-shown")
+        params = self.parse(name, event.value)
+        if params != self.params:
+            self._apply(params)
+
+    @on(Select.Changed, "#preset")
+    def _preset_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if isinstance(event.value, str) and matching_preset(self.params) != event.value:
+            self.set_params(PRESETS[event.value].replace(seed=self.params.seed))
+            self.post_message(self.Changed(self.params))
+
+    @on(Select.Changed, "#mode")
+    def _mode_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if isinstance(event.value, str) and event.value != self.mode:
+            self.mode = event.value  # type: ignore[assignment]
+            self.post_message(self.ModeChanged(self.mode))
+
+    def _apply(self, params: SamplingParams) -> None:
+        self.params = params
+        self._sync_preset()
+        sample = self.query_one("#do_sample", Input)
+        if sample.value.strip().lower() in ("on", "off") and (
+                (sample.value.strip().lower() == "on") != params.do_sample):
+            with self.prevent(Input.Changed):
+                sample.value = field_text(params, "do_sample")  # turned on by a temperature
+        self.post_message(self.Changed(params))
+
+    def _sync_preset(self) -> None:
+        with self.prevent(Select.Changed):
+            self.query_one("#preset", Select).value = matching_preset(self.params) or Select.NULL
+
+    # --- set from outside -----------------------------------------------------------------------
+
+    def set_params(self, params: SamplingParams) -> None:
+        """Show `params` in every widget (a preset, a resumed session) without echoing back."""
+        self.params = params
+        with self.prevent(Input.Changed):
+            for name, _ in FIELDS:
+                self.query_one(f"#{name}", Input).value = field_text(params, name)
+                error = self.query_one(f"#{name}-error", Label)
+                error.update("")
+                error.remove_class("-shown")
+        self._sync_preset()
+
+    def set_mode(self, mode: Mode) -> None:
+        self.mode = mode
+        with self.prevent(Select.Changed):
+            self.query_one("#mode", Select).value = mode
+
+    def first_input(self) -> Input:
+        return self.query_one("#temperature", Input)

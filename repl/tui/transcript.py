@@ -1,0 +1,124 @@
+"""The transcript: every turn's prompt and its selected completion, with the live text of a
+generation in progress. It follows the stream only while the user is at the bottom: scrolling
+up to read stops the following, scrolling back to the end resumes it."""
+
+from __future__ import annotations
+
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widgets import Static
+
+from repl.session import Turn
+from repl.tui.inspect_view import inspect_body
+
+WELCOME = ("Write a prompt below and press Enter. The model continues your text "
+           "(complete mode) or answers it (chat mode, Ctrl+T). F1 lists every key.")
+
+
+class TurnView(Static):
+    """One turn: the prompt, the selected alternative (or the one being generated), and a line
+    saying which alternative this is and how it ended."""
+
+    def __init__(self, turn: Turn, number: int) -> None:
+        super().__init__(classes=f"turn -{turn.mode}")
+        self.turn = turn
+        self.number = number
+        self.live: str | None = None  # text generated so far by a running generation
+        self.live_kind = ""  # submit | regenerate | continue
+        self.show()
+
+    def start_live(self, kind: str) -> None:
+        self.live, self.live_kind = "", kind
+        self.show()
+
+    def add_live(self, text: str) -> None:
+        if self.live is None:
+            self.live = ""
+        self.live += text
+        self.show()
+
+    def end_live(self) -> None:
+        self.live, self.live_kind = None, ""
+        self.show()
+
+    def show(self) -> None:
+        self.update(self.render_turn())
+
+    def body_text(self) -> str:
+        """The completion text on screen now: the live one while generating."""
+        turn = self.turn
+        if self.live is not None and self.live_kind in ("submit", "regenerate"):
+            return self.live
+        base = turn.completion.text if turn.completion is not None else ""
+        return base + (self.live or "") if self.live_kind == "continue" else base
+
+    def render_turn(self) -> Content:
+        turn = self.turn
+        parts: list[str | tuple[str, str]] = []
+        if turn.mode == "chat":
+            parts += [("› ", "bold $accent"), (turn.prompt, "bold $accent"), "\n"]
+        else:
+            parts.append((turn.prompt, "bold $accent"))
+        parts.append(inspect_body(self) or self.body_text())  # coloured in inspect mode
+        if self.live is not None:
+            parts.append(("▌", "$accent"))
+        parts += ["\n", (self.meta_line(), "$text-muted")]
+        return Content.assemble(*parts)
+
+    def meta_line(self) -> str:
+        turn = self.turn
+        count = len(turn.completions)
+        if self.live is not None:
+            if self.live_kind == "regenerate":
+                return f"generating alternative {count + 1} … (Esc stops)"
+            if self.live_kind == "continue":
+                return f"continuing alternative {turn.selected + 1}/{count} … (Esc stops)"
+            return "generating … (Esc stops)"
+        completion = turn.completion
+        if completion is None:
+            return "no completion"
+        parts = [f"‹ {turn.selected + 1}/{count} ›" if count > 1 else "1/1"]
+        tokens = (completion.stats.new_tokens if completion.stats else 0) + sum(
+            k.stats.new_tokens for k in completion.continuations if k.stats)
+        if turn.compare:  # the sides of a comparison, paged like alternatives
+            parts[0] = f"compare ‹ {'AB'[turn.selected]} › {completion.model}"
+        parts += [f"seed {completion.seed}", f"{tokens} tokens", completion.last_finish]
+        if completion.continuations:
+            parts.append(f"continued ×{len(completion.continuations)}")
+        return " · ".join(parts)
+
+
+class Transcript(VerticalScroll):
+    """All turns of the session, newest at the bottom."""
+
+    def at_bottom(self) -> bool:
+        return self.scroll_y >= self.max_scroll_y - 1
+
+    def follow(self) -> None:
+        """Scroll to the end once the layout has caught up with new text."""
+        self.scroll_end(animate=False, immediate=False)
+
+    def show_welcome(self, message: str = WELCOME) -> None:
+        self.remove_children()
+        self.mount(Static(message, classes="welcome", id="welcome"))
+
+    def load(self, turns: list[Turn]) -> None:
+        """Show a whole session (after resume or a new session)."""
+        self.remove_children()
+        if not turns:
+            self.mount(Static(WELCOME, classes="welcome", id="welcome"))
+            return
+        self.mount_all(TurnView(turn, i + 1) for i, turn in enumerate(turns))
+        self.scroll_end(animate=False, immediate=False)
+
+    def add_turn(self, turn: Turn) -> TurnView:
+        for welcome in self.query("#welcome"):
+            welcome.remove()
+        view = TurnView(turn, len(self.query(TurnView)) + 1)
+        self.mount(view)
+        self.follow()  # a new prompt always brings the view to the bottom
+        return view
+
+    def last_view(self) -> TurnView | None:
+        views = self.query(TurnView)
+        return views.last() if views else None
