@@ -1,0 +1,1 @@
+"""textgen-train: fine-tune causal language models and evaluate their perplexity."""
