@@ -240,7 +240,7 @@ def test_two_gloo_processes_under_torchrun(tiny_model_dir, corpus, tmp_path):
         [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "trainer",
          *train_args(tiny_model_dir, corpus, output, "--max-steps", "3")],
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     report = json.loads((output / "report.json").read_text())
     assert report["processes"] == 2
     assert report["tokens_seen"] == 3 * 2 * 32 * 2  # steps x batch x block x processes
@@ -264,6 +264,15 @@ def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(TextgenError, match="not a folder textgen-train wrote"):
         train_module.check_output(TrainOptions(model="x", output=tmp_path, overwrite=True))
     assert (tmp_path / "thesis.tex").exists()
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_next(tmp_path):
+    (tmp_path / "logs" / "tensorboard").mkdir(parents=True)
+    (tmp_path / "logs" / "train.jsonl").write_text('{"loss": NaN}\n')
+    assert train_module.check_output(TrainOptions(model="x", output=tmp_path)) is True
+    (tmp_path / "logs" / "notes.txt").write_text("mine")  # not only ours: keep refusing
+    with pytest.raises(TextgenError, match="already exists"):
+        train_module.check_output(TrainOptions(model="x", output=tmp_path))
 
 
 def test_check_output_refuses_resume_with_overwrite(tmp_path):

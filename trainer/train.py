@@ -210,6 +210,8 @@ def check_output(options: TrainOptions) -> bool:
         return False
     if not output.exists() or (output.is_dir() and not any(output.iterdir())):
         return False
+    if _only_our_logs(output):
+        return True  # a run that failed before its first checkpoint: nothing to keep
     if not options.overwrite:
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it, or "
                            "--resume to continue its last checkpoint.")
@@ -217,6 +219,14 @@ def check_output(options: TrainOptions) -> bool:
         raise TextgenError(f"{output} is not a folder textgen-train wrote; --overwrite only "
                            "replaces those. Pick another --output.")
     return True
+
+
+def _only_our_logs(output: Path) -> bool:
+    """Whether `output` holds nothing but the logs a run writes before its first checkpoint."""
+    if not output.is_dir() or {p.name for p in output.iterdir()} != {"logs"}:
+        return False
+    logs = output / "logs"
+    return logs.is_dir() and {p.name for p in logs.iterdir()} <= {"train.jsonl", "tensorboard"}
 
 
 def resume_command(options: TrainOptions) -> str:
@@ -392,17 +402,29 @@ def run_training(options: TrainOptions, extra_callbacks: list[Any] | None = None
             f"{last_checkpoint}. To continue exactly where it stopped, {hint}"))
 
     after = trainer.evaluate()["eval_loss"]
-    if not main_process:
-        return TrainOutcome("done", output)
+    report = None
     try:
-        report = _finish(trainer, options, output, data.summary, valid, before, after, wall,
-                         result, tokens_per_step, precision, base_name, block_size, batch_size,
-                         lr, world, runtime.first_step)
+        if main_process:
+            report = _finish(trainer, options, output, data.summary, valid, before, after, wall,
+                             result, tokens_per_step, precision, base_name, block_size,
+                             batch_size, lr, world, runtime.first_step)
     except Exception as exc:
         if is_disk_full(exc):
             raise disk_full_error(output, hint) from exc
         raise
+    finally:
+        _leave_process_group()
     return TrainOutcome("done", output, report=report)
+
+
+def _leave_process_group() -> None:
+    """Wait for rank 0 to finish writing, then close the group together: a rank that exits
+    while the others still use gloo can abort in the group's destructor (seen as SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _finish(trainer: Any, options: TrainOptions, output: Path, data_summary: dict[str, Any],
