@@ -3,16 +3,17 @@
 Batch-1 decoding reads every weight once per token, and plain `generate()` adds hundreds of small
 eager ops per token on top. `FastDecoder` repacks a supported model (Llama family, GPT-2) into a
 few stacked tensors (int8 weight-only with one fp32 scale per output row by default), keeps a
-preallocated KV cache, and runs one `torch.compile`d function per step (prefill in one pass,
-then one call per token). The matrix-vector products are written as a multiply-and-sum, so
+preallocated KV cache, and decodes each token with one `torch.compile`d layer function called
+per layer. The prompt takes one pass through the model itself (fp32), whose keys and values are
+copied into that cache. The matrix-vector products are written as a multiply-and-sum, so
 inductor fuses the int8 -> fp32 conversion into the reduction and streams one byte per weight;
 this CPU's oneDNN bf16/int8 kernels are slower than fp32 MKL at batch 1 (see benchmarks/NOTES.md).
 
 `generate(**kwargs)` takes the keyword arguments the engine gives `model.generate` (greedy or
 sampling through transformers' own logits processors, a streamer, stopping criteria) and returns
 the sequences, so the engine swaps one callable for the other. Compilation takes tens of seconds
-the first time (inductor caches it on disk for later starts), so it runs in a background thread:
-`ready` says when the fast path can be used; until then the engine uses the plain path.
+the first time (inductor caches it on disk for later starts), so it runs in a background thread;
+until it is done the same step runs eagerly (`compiled` says which).
 """
 
 from __future__ import annotations
@@ -35,9 +36,6 @@ WeightFormat = Literal["int8", "bf16", "fp32"]
 # with 1 under load; benchmarks/NOTES.md).
 # TEXTGEN_FAST_THREADS=2 suits a machine with cores to spare (then restart: it is compiled in).
 KERNEL_THREADS = int(os.environ.get("TEXTGEN_FAST_THREADS", "1"))
-# Prompts up to this long are fed one token at a time through the compiled step (each reads
-# the int8 weights once: ~1 ms/token); longer ones take one eager pass (fp32 matmuls).
-STEPWISE_PREFILL = 16
 CACHE_BUCKET = 256  # KV-cache capacity grows in these steps: attention cost follows capacity
 _COMPILED: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {}
 _COMPILE_LOCK = threading.Lock()
@@ -357,24 +355,15 @@ class FastDecoder:
         return self._caches
 
     def _step(self) -> Callable[..., torch.Tensor]:
-        """The step to run now. Compiled (int8): prompts of up to STEPWISE_PREFILL tokens go
-        through the compiled one-token step, longer ones through the eager layers with each
-        matrix converted to fp32 as it is used. Before compilation: eager on fp32 copies."""
+        """The decode step to run now: the compiled one once ready, else the eager layers on
+        fp32 copies of the compressed weights (the same numbers, so compiling changes speed,
+        not text)."""
         layers, top = self._pack()
         eager = self._eager
         if self.compiled or eager is None:
             layer, head = _compiled(self.arch) if self.compile else (_LAYERS[self.arch], _head)
-
-            def step(ids: torch.Tensor, pos: torch.Tensor, caches: Any) -> torch.Tensor:
-                if ids.shape[0] > STEPWISE_PREFILL:
-                    return self._forward(ids, pos, caches, layers, top, _LAYERS[self.arch],
-                                         _head)
-                for i in range(ids.shape[0]):
-                    logits = self._forward(ids[i:i + 1], pos[i:i + 1], caches, layers, top,
-                                           layer, head)
-                return logits
-
-            return step
+            return lambda ids, pos, caches: self._forward(ids, pos, caches, layers, top, layer,
+                                                          head)
         eager_layers, eager_top = eager
         return lambda ids, pos, caches: self._forward(ids, pos, caches, eager_layers, eager_top,
                                                       _LAYERS[self.arch], _head)
@@ -401,6 +390,19 @@ class FastDecoder:
         for w, (k, v) in zip(layers, caches, strict=True):
             h = layer(h, cos, sin, mask, pos, w, k, v, self.heads, self.kv_heads, self.eps)
         return head(h, top, self.eps)
+
+    def _prefill(self, prompt: torch.Tensor,
+                 caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The prompt in one pass through the model itself (its own fp32 weights and kernels);
+        its keys and values are copied into the static caches and decoding goes on with the
+        compressed weights. One fp32 pass costs about what plain `generate()` spends before
+        its first token, while feeding the prompt through the one-token compiled step cost
+        one decode step per prompt token (3.5x the plain time to first token)."""
+        out = self.model(input_ids=prompt[None], use_cache=True)
+        for layer, (k_cache, v_cache) in zip(out.past_key_values.layers, caches, strict=True):
+            k_cache[:, :prompt.shape[0]] = layer.keys[0]
+            v_cache[:, :prompt.shape[0]] = layer.values[0]
+        return out.logits[:, -1].float()
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, streamer: Any = None,
                  stopping_criteria: Any = None, do_sample: bool = False,
@@ -434,7 +436,7 @@ class FastDecoder:
         step = self._step()
         length = n_prompt
         with torch.inference_mode():
-            logits = step(prompt, torch.arange(n_prompt), caches)
+            logits = self._prefill(prompt, caches)
             while length < n_prompt + limit:
                 so_far = sequence[None, :length]
                 scores = processors(so_far, logits.float()) if processors else logits
