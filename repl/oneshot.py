@@ -7,7 +7,12 @@ import json
 import sys
 
 from repl.errors import TextgenError
-from repl.options import add_model_arguments, add_sampling_arguments, params_from_args
+from repl.options import (
+    add_model_arguments,
+    add_sampling_arguments,
+    params_from_args,
+    wants_fast,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip() and args.chat:
         raise TextgenError("the prompt is empty.")
     loaded = load_model(args.model, device=args.device, dtype=args.dtype,
-                        fast=getattr(args, "fast", True))
+                        fast=wants_fast(args, default=False))
     params.check_fits(loaded.info.context_length)
     generator = Generator(loaded)
     if args.chat:

@@ -16,9 +16,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                         help="weights' dtype (default: bf16/fp16 on GPU, fp32 on CPU)")
-    parser.add_argument("--no-fast", dest="fast", action="store_false",
-                        help="plain transformers generate() instead of the fast CPU path "
-                             "(int8 weights, compiled in the background)")
+    fast = parser.add_mutually_exclusive_group()
+    fast.add_argument("--fast", dest="fast", action="store_true", default=None,
+                      help="the fast CPU path: int8 weights, compiled in the background (default "
+                           "in the TUI and the REPL; `generate` makes one completion and exits "
+                           "before compiling pays, so it stays plain unless told)")
+    fast.add_argument("--no-fast", dest="fast", action="store_false",
+                      help="plain transformers generate()")
+
+
+def wants_fast(args: argparse.Namespace, default: bool = True) -> bool:
+    """--fast / --no-fast, else the command's default."""
+    fast = getattr(args, "fast", None)
+    return default if fast is None else fast
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

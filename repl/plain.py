@@ -25,7 +25,7 @@ from prompt_toolkit.output import create_output
 
 from repl.conversation import Conversation
 from repl.errors import TextgenError
-from repl.options import params_from_args
+from repl.options import params_from_args, wants_fast
 from repl.params import PARAM_NAMES, PRESETS, SamplingParams, preset
 from repl.session import (
     Session,
@@ -87,14 +87,14 @@ def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
     note("loading model...")
     try:
         loaded = load_model(spec, device=args.device, dtype=args.dtype,
-                            fast=args.fast)
+                            fast=wants_fast(args))
     except TextgenError as exc:
         if spec == args.model:
             raise
         # The session's own model is gone (a moved folder): carry on with the one asked for.
         note(f"textgen: note: cannot load the session's model ({exc}); using {args.model}")
         loaded = load_model(args.model, device=args.device, dtype=args.dtype,
-                            fast=args.fast)
+                            fast=wants_fast(args))
     params.check_fits(loaded.info.context_length)
     generator = Generator(loaded)
     if session is None:

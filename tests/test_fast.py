@@ -108,8 +108,14 @@ def test_small_models_and_no_fast_load_stay_plain(tiny_loaded) -> None:
 def test_no_fast_flag_reaches_load_model() -> None:
     from repl.cli import build_parser
 
-    assert build_parser().parse_args(["generate", "x", "--no-fast"]).fast is False
-    assert build_parser().parse_args(["generate", "x"]).fast is True
+    from repl.options import wants_fast
+
+    parser = build_parser()
+    assert parser.parse_args(["generate", "x", "--no-fast"]).fast is False
+    assert parser.parse_args(["generate", "x", "--fast"]).fast is True
+    # One-shot generation exits before compiling pays: plain unless asked; the TUI: fast.
+    assert wants_fast(parser.parse_args(["generate", "x"]), default=False) is False
+    assert wants_fast(parser.parse_args([])) is True
 
 
 @pytest.mark.slow

@@ -629,7 +629,7 @@ def warm_up(generator: Generator) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`textgen` on a terminal: open the TUI (on a resumed session with --session FILE)."""
-    from repl.options import params_from_args
+    from repl.options import params_from_args, wants_fast
 
     params = params_from_args(args)
     sessions_dir = args.sessions_dir or default_sessions_dir()
@@ -650,7 +650,7 @@ def run(args: argparse.Namespace) -> int:
             spec = session.model["spec"]  # reopen with the model it was made with
     app = TextgenApp(spec, device=args.device, dtype=args.dtype, params=params, mode=mode,
                      session=session, session_path=args.session, sessions_dir=sessions_dir,
-                     fast=getattr(args, "fast", True))
+                     fast=wants_fast(args))
     result = app.run()
     if app.loading:  # quit while a model was loading: do not wait for torch to finish
         sys.stdout.flush()
