@@ -107,7 +107,6 @@ def test_small_models_and_no_fast_load_stay_plain(tiny_loaded) -> None:
 
 def test_no_fast_flag_reaches_load_model() -> None:
     from repl.cli import build_parser
-
     from repl.options import wants_fast
 
     parser = build_parser()
