@@ -223,28 +223,31 @@ def encode_session(session: Session) -> bytes:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder, fsync, rename, fsync dir.
-
-    TextgenError naming the file when it cannot be written (read-only folder, full disk); the
-    temp file is removed and any existing file at `path` is left as it was.
-    """
+    """`write_atomically`, with a TextgenError naming the file when it cannot be written
+    (read-only folder, full disk); any existing file at `path` is left as it was."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, _file_mode(path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        write_atomically(path, data)
     except OSError as exc:
         raise TextgenError(f"could not save to {path}: {exc.strerror or exc}; "
                            "the session is kept in memory") from exc
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder, fsync, rename, fsync dir:
+    a reader sees the old file or the new one. OSError as raised; the temp file is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode(path))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def load_session(path: Path) -> Session:
@@ -299,7 +302,7 @@ def session_filename(session: Session) -> str:
     return f"{stamp}-{slug or 'session'}-{tag}.json"
 
 
-def _file_mode(path: Path) -> int:
+def file_mode(path: Path) -> int:
     """The permissions the file has now, or what a new file gets under the umask (mkstemp's
     temp files are 0600, which would otherwise stick after the rename)."""
     try:

@@ -11,33 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from repl.errors import TextgenError
-
-
-def _file_mode() -> int:
-    """What open() would give a new file under the current umask (mkstemp gives 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from repl.session import file_mode, write_atomically
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def save_model(model: Any, tokenizer: Any, output: Path) -> None:
@@ -48,9 +26,9 @@ def save_model(model: Any, tokenizer: Any, output: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         for item in staging.iterdir():
-            if item.is_file():
-                os.chmod(item, _file_mode())
             target = output / item.name
+            if item.is_file():
+                os.chmod(item, file_mode(target))
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(item, target)
@@ -83,7 +61,7 @@ def plot_loss(log_history: list[dict[str, Any]], tokens_per_step: int, path: Pat
     os.close(fd)
     try:
         fig.savefig(tmp)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     finally:
         plt.close(fig)
