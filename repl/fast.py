@@ -314,7 +314,7 @@ class FastDecoder:
             return self._packed
 
     def warm_up(self) -> None:
-        """Compile the prefill and decode steps by running them once (tens of seconds cold,
+        """Compile the decode step (layer and head) by running it twice (tens of seconds cold,
         a few seconds from inductor's disk cache). A compiler error is kept in `self.error`
         and generation stays eager."""
         started = time.perf_counter()
@@ -470,13 +470,11 @@ def _processors(n_prompt: int, config: Any, eos_ids: set[int], do_sample: bool,
     from transformers import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
-        MinPLogitsWarper,
         NoRepeatNGramLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
     )
+
+    from repl.params import sampling_warpers
 
     processors = LogitsProcessorList()
     if repetition_penalty and repetition_penalty != 1.0:
@@ -487,14 +485,7 @@ def _processors(n_prompt: int, config: Any, eos_ids: set[int], do_sample: bool,
     if min_new and eos_ids:
         processors.append(MinNewTokensLengthLogitsProcessor(n_prompt, min_new, list(eos_ids)))
     if do_sample:
-        if temperature is not None and temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            processors.append(TopKLogitsWarper(top_k))
-        if top_p is not None and top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p))
-        if min_p:
-            processors.append(MinPLogitsWarper(min_p))
+        processors.extend(sampling_warpers(temperature, top_k, top_p, min_p))
     return processors
 
 

@@ -105,6 +105,29 @@ class SamplingParams:
         return self.replace(**{name: parse_value(name, text)})
 
 
+def sampling_warpers(temperature: float | None, top_k: int | None, top_p: float | None,
+                     min_p: float | None) -> list[Any]:
+    """transformers' sampling warpers for these values, in `generate()`'s order; the ones that
+    would change nothing are left out."""
+    from transformers import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers: list[Any] = []
+    if temperature is not None and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    if min_p:
+        warpers.append(MinPLogitsWarper(min_p))
+    return warpers
+
+
 def parse_value(name: str, text: str) -> Any:
     """Parse a user's text into the type of field `name`, with a plain-sentence error."""
     kinds = {f.name: f.type for f in dataclasses.fields(SamplingParams)}

@@ -79,14 +79,9 @@ class TokenTrace:
 
     def generate_kwargs(self, kwargs: dict[str, Any], plain: bool) -> dict[str, Any]:
         """`kwargs` for `generate` (plain) or the fast path, with the recording hooks added."""
-        from transformers import (
-            LogitsProcessorList,
-            MinPLogitsWarper,
-            StoppingCriteriaList,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from repl.params import sampling_warpers
 
         keep_scores, record_token = self.hooks()
         kwargs = dict(kwargs)
@@ -96,16 +91,8 @@ class TokenTrace:
             return kwargs
         processors = LogitsProcessorList()
         if kwargs.get("do_sample"):
-            temperature, top_k, top_p, min_p = (kwargs.get(k) for k in
-                                                ("temperature", "top_k", "top_p", "min_p"))
-            if temperature is not None and temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(temperature))
-            if top_k:
-                processors.append(TopKLogitsWarper(top_k))
-            if top_p is not None and top_p < 1.0:
-                processors.append(TopPLogitsWarper(top_p))
-            if min_p is not None:
-                processors.append(MinPLogitsWarper(min_p))
+            processors.extend(sampling_warpers(*(kwargs.get(k) for k in
+                                                 ("temperature", "top_k", "top_p", "min_p"))))
             kwargs.update(temperature=None, top_k=None, top_p=None, min_p=None)
         processors.append(keep_scores)
         kwargs["logits_processor"] = processors

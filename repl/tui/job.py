@@ -22,7 +22,7 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
     text: str = ""  # everything generated so far (worker side)
     first_chunk_at: float | None = None
-    live_tokens: int = 0  # tokens generated so far, re-counted now and then by the worker
+    live_tokens: int = 0  # chunks received so far (about one per token; final stats are exact)
     prompt_tokens: int = 0  # an estimate until the final stats arrive
     stats: GenerationStats | None = None
     error: str | None = None
