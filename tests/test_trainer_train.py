@@ -179,10 +179,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, corpu
     output = tmp_path / "nan-run"
     options = TrainOptions(model=str(tiny_model_dir), output=output,
                            data=DataSpec(train_files=[str(corpus)]), max_steps=6, block_size=32,
-                           batch_size=2, save_steps=2, cache_dir=tmp_path / "cache")
-    outcome = run_training(options, extra_callbacks=[PoisonAfter(2)])
+                           batch_size=2, save_steps=2, eval_steps=100,
+                           cache_dir=tmp_path / "cache")
+    outcome = run_training(options, extra_callbacks=[PoisonAfter(3)])
     assert outcome.status == "nan"
-    assert "NaN/inf at step 3" in outcome.message
+    assert "the training loss became NaN/inf at step 4" in outcome.message
     assert "checkpoint-2" in outcome.message and "lower --lr" in outcome.message
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["checkpoint-2"]
     assert not (output / "model.safetensors").exists()

@@ -22,6 +22,12 @@ EXAMPLES = """examples:
   textgen-train eval --model models/demo --data-dir data/wikitext-2-v1 --max-tokens 20000
 """
 
+DISTRIBUTED = """several processes (data-parallel; gloo on CPU, NCCL on GPUs), under a launcher:
+  torchrun --nproc_per_node 2 -m trainer train --model default --max-steps 50 --output models/ddp
+  accelerate launch --num_processes 2 -m trainer train --model default --output models/ddp
+  (the batch is per process: tokens/step = batch x grad-accum x block x processes)
+"""
+
 
 def add_data_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
     group = parser.add_argument_group("data (default: WikiText-2 through `datasets`)")
@@ -52,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="textgen-train",
         description="Fine-tune causal language models (or train an LSTM baseline) and measure "
                     "their perplexity.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES + "\n" + DISTRIBUTED,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     train = sub.add_parser(
@@ -60,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a causal LM on packed text with the transformers Trainer; saves "
                     "model, tokenizer, training_args.json, report.json and loss.png. CPU "
                     "defaults: block 128, batch 4, 32 validation blocks; GPU: block up to 1024, "
-                    "batch 8, all validation blocks.")
+                    "batch 8, all validation blocks.",
+        epilog=DISTRIBUTED, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--model", default="default", metavar="SPEC",
                        help="model to start from: default, models/NAME, a .gguf or a hub id "
                             "(for --arch lstm: whose tokenizer to use)")
@@ -85,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                      help="auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
     opt.add_argument("--eval-steps", type=int, metavar="N",
-                     help="measure validation loss every N steps (default: before and after)")
+                     help="measure validation loss every N steps (default: at every "
+                          "checkpoint, and before and after training)")
     opt.add_argument("--eval-blocks", type=int, metavar="N",
                      help="validation blocks to use (default: all on GPU, 32 on CPU)")
     opt.add_argument("--save-steps", type=int, default=500, metavar="N",
@@ -94,9 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--gradient-checkpointing", action="store_true",
                      help="recompute activations to save memory")
     opt.add_argument("--lora", action="store_true",
-                     help="train LoRA adapters (peft) and merge them into the saved model")
+                     help="train LoRA adapters (peft) instead of every weight")
+    opt.add_argument("--qlora", action="store_true",
+                     help="LoRA on 4-bit base weights (bitsandbytes): CUDA GPUs only")
     opt.add_argument("--lora-r", type=int, default=8)
     opt.add_argument("--lora-alpha", type=int, default=16)
+    opt.add_argument("--lora-save", choices=("merged", "adapter"), default="merged",
+                     help="merged: a plain model with the adapters folded in (default); "
+                          "adapter: the adapter alone (a few MB; load it as --model DIR)")
     opt.add_argument("--lstm-hidden", type=int, default=512, metavar="N")
     opt.add_argument("--lstm-layers", type=int, default=2, metavar="N")
     out = train.add_argument_group("output")
@@ -106,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an existing --output folder")
     out.add_argument("--keep-checkpoints", action="store_true",
                      help="keep checkpoints/ after a finished run (default: removed)")
+    out.add_argument("--save-dtype", choices=("fp32", "bf16"), default="fp32",
+                     help="dtype of the saved weights (bf16: half the size)")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser(
@@ -149,14 +165,15 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
         block_size=args.block_size, precision=args.precision, eval_steps=args.eval_steps,
         eval_blocks=args.eval_blocks, save_steps=args.save_steps, seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing, lora=args.lora, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, lstm_hidden=args.lstm_hidden, lstm_layers=args.lstm_layers,
+        lora_alpha=args.lora_alpha, lora_save=args.lora_save, qlora=args.qlora,
+        save_dtype=args.save_dtype, lstm_hidden=args.lstm_hidden, lstm_layers=args.lstm_layers,
         resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
         cache_dir=args.cache_dir, command=["textgen-train", *argv])
     outcome = run_training(options)
     if outcome.status == "interrupted":
         print(f"textgen-train: {outcome.message}", file=sys.stderr)
         return 130
-    if outcome.status == "nan":
+    if outcome.status in ("nan", "diverged"):
         print(f"textgen-train: error: {outcome.message}", file=sys.stderr)
         return 1
     report = outcome.report
