@@ -31,6 +31,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Log, Sparkline, Static
 
+from repl import paths
+
 POLL_S = 0.5
 WIKITEXT_FILES = ("wiki.*.raw", "wiki.*.tokens")  # a WikiText-2 folder (the trainer checks it)
 
@@ -139,7 +141,7 @@ class TrainingRun:
 
 
 def default_output() -> Path:
-    return Path("models") / datetime.now().strftime("tui-%Y%m%d-%H%M%S")
+    return paths.models_dir() / datetime.now().strftime("tui-%Y%m%d-%H%M%S")
 
 
 class TrainScreen(Screen[None]):
