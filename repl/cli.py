@@ -15,7 +15,8 @@ from repl import __version__
 from repl.errors import TextgenError
 
 # Each module adds its subcommand with `add_parser(subparsers)`; its handler is `args.func`.
-COMMAND_MODULES = ("repl.oneshot", "repl.serve", "repl.export", "repl.session_cli")
+COMMAND_MODULES = ("repl.oneshot", "repl.serve", "repl.api", "repl.export",
+                   "repl.session_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

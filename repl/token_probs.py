@@ -77,6 +77,12 @@ class TokenTrace:
         with self._lock:
             return list(self.steps)
 
+    def add(self, step: TokenStep) -> None:
+        """Record a step computed elsewhere (a remote server's logprobs)."""
+        with self._lock:
+            self.steps.append(step)
+            self.recorded += 1
+
     def generate_kwargs(self, kwargs: dict[str, Any], plain: bool) -> dict[str, Any]:
         """`kwargs` for `generate` (plain) or the fast path, with the recording hooks added."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
