@@ -76,13 +76,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    status = _run_command(argv)
+    if argv is None:  # a real process, not a test calling main(): end it whatever its threads
+        from repl.ending import exit_now
+
+        exit_now(status)
+    return status
+
+
+def _run_command(argv: list[str] | None) -> int:
+    from repl.ending import Terminated
+    from repl.safe_text import printable
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (TextgenError, ValueError) as exc:
-        print(f"textgen: error: {exc}", file=sys.stderr)
+        print(printable(f"textgen: error: {exc}", sys.stderr), file=sys.stderr)
         return 2
+    except Terminated as stop:  # SIGTERM/SIGHUP: what had to be saved is saved
+        return stop.exit_status
     except KeyboardInterrupt:
         print("\ntextgen: cancelled", file=sys.stderr)
         return 130

@@ -23,6 +23,8 @@ from repl.session import (
     HistoryRef,
     Mode,
     Session,
+    SessionBusy,
+    SessionLock,
     Turn,
     save_session,
     session_filename,
@@ -39,9 +41,13 @@ class Conversation:
         self.session = session
         self.generator = generator
         self.sessions_dir = sessions_dir
-        self.path = path
         self.mode: Mode = mode
         self.save_error: str | None = None
+        # Set when the file was open in another process and this one works on a copy: a
+        # sentence for the face to show.
+        self.lock_note: str | None = None
+        self._lock: SessionLock | None = None
+        self.path = self._claim(path) if path is not None else None
         self.inspect = False  # record each token's probability (repl.token_probs)
         # The TUI saves from a worker thread (end of a stream) and the UI thread (paging): one
         # save at a time, each writing the state as of its own start, so the last one wins.
@@ -267,11 +273,27 @@ class Conversation:
     def open(self, session: Session, path: Path | None) -> None:
         """Work on another session (a loaded file) from now on, with the same model; new turns
         use the mode of its last turn."""
+        if session is not self.session:
+            self.keep_unsaved()
         self.session = session
-        self.path = path
+        self.path = self._claim(path) if path is not None else None
+        if path is None:
+            self._release()
         self.save_error = None
         if session.turns:
             self.mode = session.turns[-1].mode
+
+    def keep_unsaved(self) -> None:
+        """Refuse (TextgenError) to leave a session whose last save failed (a full disk), after
+        trying once more: its unsaved turns exist only in this process."""
+        if self.save_error is None or self.save() is None:
+            return
+        raise TextgenError(f"the current session is not saved ({self.save_error}); its turns "
+                           "would be lost: free some space, or save it elsewhere, first")
+
+    def close(self) -> None:
+        """Done with the session file: let another process open it."""
+        self._release()
 
     def cancel(self) -> None:
         if self.generator is not None:
@@ -287,7 +309,7 @@ class Conversation:
         """
         with self._save_lock:
             if self.path is None and self.sessions_dir is not None and self.session.turns:
-                self.path = self.sessions_dir / session_filename(self.session)
+                self.path = self._claim(self.sessions_dir / session_filename(self.session))
             if self.path is None:
                 return None
             try:
@@ -298,7 +320,50 @@ class Conversation:
             self.save_error = None
             return None
 
+    def save_as(self, target: Path) -> str | None:
+        """Save to `target` and keep saving there (a copy on another disk when this one is
+        full); on failure the session keeps its old place. Returns the error, as `save`."""
+        previous, previous_lock = self.path, self._lock
+        self._lock = None  # keep the old file's lock until the new place works
+        try:
+            self.path = self._claim(target)
+        except BaseException:
+            self._lock = previous_lock
+            raise
+        error = self.save()
+        if error:
+            self._release()
+            self.path, self._lock = previous, previous_lock
+            self.save_error = error
+        elif previous_lock is not None and previous_lock is not self._lock:
+            previous_lock.release()
+        return error
+
     # --- internals ------------------------------------------------------------------------------
+
+    def _claim(self, path: Path) -> Path:
+        """Lock `path` for this process and return it; when another process holds it, work on
+        a copy beside it instead (a new session id, saved on the next change) and say so."""
+        if self._lock is not None and self._lock.path.resolve() == path.resolve():
+            return path
+        self._release()
+        try:
+            self._lock = SessionLock.acquire(path)
+            return path
+        except SessionBusy as busy:
+            copy = _copy_path(path)
+            self.session.id = secrets.token_hex(6)
+            self.lock_note = f"{busy}; continuing in a copy, saved as {copy}"
+            try:
+                self._lock = SessionLock.acquire(copy)
+            except SessionBusy:
+                self._lock = None
+            return copy
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _ready(self) -> Generator:
         if self.generator is None:
@@ -402,3 +467,12 @@ class Conversation:
                 error = self.save()
         if error:
             yield Notice(error)
+
+
+def _copy_path(path: Path) -> Path:
+    """A free name beside `path` for a copy of it."""
+    for _ in range(100):
+        candidate = path.with_name(f"{path.stem}-copy-{secrets.token_hex(2)}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    return path.with_name(f"{path.stem}-copy-{secrets.token_hex(8)}{path.suffix}")

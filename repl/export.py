@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from repl.params import SamplingParams
+from repl.safe_text import for_stream
 from repl.session import Completion, Session, atomic_write, load_session
 
 FORMATS = ("md", "jsonl")
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     session = load_session(args.file)
     text = export(session, args.format)
     if args.output is None:
-        sys.stdout.write(text)
+        # A terminal shows control sequences from the transcript; a pipe gets the exact text.
+        sys.stdout.write(for_stream(text, sys.stdout))
         return 0
     atomic_write(args.output, text.encode("utf-8"))
     print(f"wrote {args.output}", file=sys.stderr)

@@ -6,8 +6,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+# Bounds that keep sampling finite: dividing logits by a temperature of 1e-40, or by a
+# repetition penalty of 1e-300, gives inf, and then "probability tensor contains inf/nan".
+MIN_TEMPERATURE = 0.01
+REPETITION_PENALTY = (0.05, 20.0)
+# Far beyond any real use, small enough that no arithmetic on them overflows.
+MAX_NEW_TOKENS = 1_000_000
+MAX_TOP_K = 1_000_000
+MAX_NO_REPEAT_NGRAM = 1_000
 
 
 @dataclass(frozen=True)
@@ -27,22 +37,29 @@ class SamplingParams:
         # Accept lists from JSON or argparse but store a tuple, so instances stay hashable.
         if not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
-        _check(isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool),
-               "max_new_tokens must be a whole number.")
+        _check(_is_whole(self.max_new_tokens), "max_new_tokens must be a whole number.")
         _check(self.max_new_tokens >= 1, "max_new_tokens must be at least 1.")
+        _check(self.max_new_tokens <= MAX_NEW_TOKENS,
+               f"max_new_tokens must be at most {MAX_NEW_TOKENS}.")
         _check(_is_number(self.temperature), "temperature must be a number.")
         _check(self.temperature >= 0, "temperature must be 0 or more (0 means greedy).")
+        _check(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+               f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}.")
         _check(self.temperature <= 100, "temperature must be at most 100.")
-        _check(isinstance(self.top_k, int) and self.top_k >= 0,
-               "top_k must be a whole number, 0 or more (0 turns it off).")
+        _check(_is_whole(self.top_k) and 0 <= self.top_k <= MAX_TOP_K,
+               f"top_k must be a whole number from 0 to {MAX_TOP_K} (0 turns it off).")
         _check(_is_number(self.top_p) and 0 < self.top_p <= 1,
                "top_p must be more than 0 and at most 1 (1 turns it off).")
         _check(_is_number(self.min_p) and 0 <= self.min_p < 1,
                "min_p must be 0 or more and less than 1 (0 turns it off).")
-        _check(_is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-               "repetition_penalty must be more than 0 (1 turns it off).")
-        _check(isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0,
-               "no_repeat_ngram_size must be a whole number, 0 or more (0 turns it off).")
+        _check(_is_number(self.repetition_penalty)
+               and REPETITION_PENALTY[0] <= self.repetition_penalty <= REPETITION_PENALTY[1],
+               f"repetition_penalty must be from {REPETITION_PENALTY[0]} to "
+               f"{REPETITION_PENALTY[1]} (1 turns it off).")
+        _check(_is_whole(self.no_repeat_ngram_size)
+               and 0 <= self.no_repeat_ngram_size <= MAX_NO_REPEAT_NGRAM,
+               f"no_repeat_ngram_size must be a whole number from 0 to {MAX_NO_REPEAT_NGRAM} "
+               "(0 turns it off).")
         _check(isinstance(self.do_sample, bool), "do_sample must be true or false.")
         _check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**32),
                "seed must be a whole number from 0 to 4294967295, or empty for a fresh one.")
@@ -149,7 +166,10 @@ def parse_value(name: str, text: str) -> Any:
             raise ValueError
         if kind == "int":
             return int(text)
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError
+        return value
     except ValueError:
         expected = {"int": "a whole number", "float": "a number", "bool": "on or off"}
         raise ValueError(
@@ -158,7 +178,14 @@ def parse_value(name: str, text: str) -> Any:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    """A finite int or float (not a bool): inf and nan are refused everywhere."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -19,16 +19,20 @@ are atomic.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from repl import paths
 from repl.engine import GenerationStats
@@ -62,6 +66,7 @@ class Continuation:
     finish: str
     created: str = field(default_factory=now)
     history: list[HistoryRef] | None = None  # chat context it was made with (see Completion)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this textgen does not know
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Completion:
     history: list[HistoryRef] | None = None
     # Inspect mode, in memory only: (character where the traced text starts, TokenTrace).
     traces: list[tuple[int, Any]] = field(default_factory=list, compare=False, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this textgen does not know
 
     @property
     def last_finish(self) -> str:
@@ -110,6 +116,7 @@ class Turn:
     completions: list[Completion] = field(default_factory=list)
     selected: int = 0
     compare: bool = False  # completions are the left and right side of a comparison
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this textgen does not know
 
     @property
     def completion(self) -> Completion | None:
@@ -124,6 +131,9 @@ class Session:
     turns: list[Turn] = field(default_factory=list)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created: str = field(default_factory=now)
+    # Fields this textgen does not know (a user's `tags`, a newer version's additions): kept
+    # as they were and written back, so no save loses them.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -158,7 +168,7 @@ class Session:
         return messages
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return _with_extra({
             "format": FORMAT,
             "version": VERSION,
             "id": self.id,
@@ -166,7 +176,7 @@ class Session:
             "model": dict(self.model),
             "params": self.params.to_dict(),
             "turns": [_turn_to_dict(t) for t in self.turns],
-        }
+        }, self.extra)
 
     @classmethod
     def from_dict(cls, data: Any) -> Session:
@@ -193,10 +203,11 @@ class Session:
         return cls(
             id=session_id,
             created=_date(data, "session"),
-            model={"spec": _get(model, "spec", str, "model"),
+            model={**model, "spec": _get(model, "spec", str, "model"),
                    "name": _get(model, "name", str, "model")},
             params=_params(_get(data, "params", dict, "session"), "session"),
             turns=turns,
+            extra=_extra(data, _SESSION_FIELDS),
         )
 
 
@@ -212,9 +223,24 @@ def encode_session(session: Session) -> bytes:
     a badly decoded terminal) is written as \\u escapes instead, so it still round-trips."""
     data = session.to_dict()
     try:
-        return json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
+        json.dumps(data, allow_nan=False)
+    except ValueError:  # never valid JSON: params refuse them, so only a stray stat can be one
+        data = _finite(data)
+    try:
+        return json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(data, ensure_ascii=True, indent=1).encode("ascii")
+        return json.dumps(data, ensure_ascii=True, indent=1, allow_nan=False).encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every inf or nan float replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -250,10 +276,7 @@ def load_session(path: Path) -> Session:
 
     Never writes to the file: a broken or newer file stays exactly as it was.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TextgenError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    raw = read_regular_file(path, MAX_SESSION_BYTES, what="session")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -262,7 +285,7 @@ def load_session(path: Path) -> Session:
     if not text.strip():
         raise TextgenError(f"{path}: empty file (not a session)")
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         # An unterminated string, or an error at the very end: the file stops mid-way.
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
@@ -281,9 +304,171 @@ def load_session(path: Path) -> Session:
         raise TextgenError(f"{path}: {_one_line(str(exc))}") from None
 
 
+MAX_SESSION_BYTES = 256 * 2**20  # far above any real transcript; a /dev/zero link stops here
+
+
+def read_regular_file(path: Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes; TextgenError
+    otherwise. A FIFO, a device (a link to /dev/zero) or a directory is refused at once: the
+    open does not wait for a writer (O_NONBLOCK) and fstat says what the path really is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise TextgenError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TextgenError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); a "
+                               f"{what} is a plain file")
+        if info.st_size > limit:
+            raise TextgenError(f"{path}: too large for a {what} ({info.st_size / 2**20:.0f} MiB;"
+                               f" the limit is {limit / 2**20:.0f} MiB)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # the file may grow while it is read
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise TextgenError(f"{path}: too large for a {what} (the limit is "
+                               f"{limit / 2**20:.0f} MiB)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise TextgenError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
+
+
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+class SessionBusy(TextgenError):
+    """Another process has the session file open (see `SessionLock`)."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid else "pid unknown"
+        super().__init__(f"{path} is open in another textgen process ({holder})")
+        self.path = path
+        self.pid = pid
+
+
+class SessionLock:
+    """An advisory lock (flock) on a session file, held while one process works on it, so two
+    processes never both write it and the last writer silently wins.
+
+    The lock is on a sidecar `.NAME.lock` beside the file, not on the file itself, since every
+    atomic save replaces the file's inode. The sidecar holds the holder's pid, for the message
+    the second process shows. The OS drops the lock when its holder dies, even by SIGKILL.
+    """
+
+    # flock conflicts between two opens in one process too: share one lock per file here.
+    _held: ClassVar[dict[Path, SessionLock]] = {}
+
+    def __init__(self, path: Path, fd: int, lock_path: Path) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self._lock_path = lock_path
+        self._users = 1
+
+    @classmethod
+    def acquire(cls, path: Path) -> SessionLock | None:
+        """Lock `path`; SessionBusy if another process has it; None where no lock can be
+        made (a read-only folder: nothing can be saved there anyway)."""
+        key = path.resolve()
+        if (held := cls._held.get(key)) is not None:
+            held._users += 1
+            return held
+        lock = cls._acquire(path)
+        if lock is not None:
+            cls._held[key] = lock
+        return lock
+
+    @classmethod
+    def _acquire(cls, path: Path) -> SessionLock | None:
+        import fcntl
+
+        lock_path = path.parent / f".{path.name}.lock"
+        for _ in range(10):  # a holder may unlink the sidecar between our open and our lock
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                             0o644)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                pid = _read_pid(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise SessionBusy(path, pid) from None
+                return None  # a file system without flock
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except OSError:
+                same = False
+            if not same:  # we locked a sidecar its holder had just removed: try again
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass  # a full disk: the lock holds all the same, without the pid
+            return cls(path, fd, lock_path)
+        return None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Remove the sidecar and drop the lock (removing it first, while still holding it,
+        means the next process never locks a file that is about to vanish)."""
+        if self._fd is None:
+            return
+        self._users -= 1
+        if self._users > 0:
+            return
+        SessionLock._held.pop(self.path.resolve(), None)
+        with contextlib.suppress(OSError):
+            self._lock_path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def session_filename(session: Session) -> str:
@@ -331,6 +516,25 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # --- (de)serialisation helpers -----------------------------------------------------------------
+
+_SESSION_FIELDS = frozenset({"format", "version", "id", "created", "model", "params", "turns"})
+_TURN_FIELDS = frozenset({"mode", "prompt", "selected", "completions", "compare"})
+_COMPLETION_FIELDS = frozenset({"text", "params", "seed", "stats", "finish", "model", "created",
+                                "continuations", "forced", "history"})
+_CONTINUATION_FIELDS = frozenset({"start", "params", "seed", "stats", "finish", "created",
+                                  "history"})
+
+
+def _extra(data: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if key not in known}
+
+
+def _with_extra(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The known fields, then the unknown ones as they were read (never overriding)."""
+    for key, value in extra.items():
+        data.setdefault(key, value)
+    return data
+
 
 def _get(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in data:
@@ -440,7 +644,7 @@ def _turn_to_dict(turn: Turn) -> dict[str, Any]:
     }
     if turn.compare:
         data["compare"] = True
-    return data
+    return _with_extra(data, turn.extra)
 
 
 def _completion_to_dict(c: Completion) -> dict[str, Any]:
@@ -458,7 +662,7 @@ def _completion_to_dict(c: Completion) -> dict[str, Any]:
         data["forced"] = c.forced.to_dict()
     if c.history is not None:
         data["history"] = [list(ref) for ref in c.history]
-    return data
+    return _with_extra(data, c.extra)
 
 
 def _continuation_to_dict(k: Continuation) -> dict[str, Any]:
@@ -466,7 +670,7 @@ def _continuation_to_dict(k: Continuation) -> dict[str, Any]:
             "stats": _stats_to_dict(k.stats), "finish": k.finish, "created": k.created}
     if k.history is not None:
         data["history"] = [list(ref) for ref in k.history]
-    return data
+    return _with_extra(data, k.extra)
 
 
 def _turn_from_dict(data: Any, index: int) -> Turn:
@@ -491,7 +695,7 @@ def _turn_from_dict(data: Any, index: int) -> Turn:
         raise ValueError(f"{where}: a compare turn has 1 or 2 completions, not "
                          f"{len(completions)}")
     return Turn(mode=mode, prompt=_get(data, "prompt", str, where), completions=completions,
-                selected=selected, compare=compare)
+                selected=selected, compare=compare, extra=_extra(data, _TURN_FIELDS))
 
 
 def _completion_from_dict(data: Any, where: str) -> Completion:
@@ -513,6 +717,7 @@ def _completion_from_dict(data: Any, where: str) -> Completion:
             seed=_get(k, "seed", int, kwhere), stats=_stats(k.get("stats"), kwhere),
             finish=_finish(k, kwhere), created=_date(k, kwhere),
             history=_history(k.get("history"), kwhere),
+            extra=_extra(k, _CONTINUATION_FIELDS),
         ))
     return Completion(
         text=text,
@@ -525,6 +730,7 @@ def _completion_from_dict(data: Any, where: str) -> Completion:
         continuations=continuations,
         forced=_forced(data.get("forced"), len(text), where),
         history=_history(data.get("history"), where),
+        extra=_extra(data, _COMPLETION_FIELDS),
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repl.errors import TextgenError
+from repl.safe_text import printable
 from repl.session import Session, default_sessions_dir, load_session
 
 
@@ -61,18 +62,29 @@ def load_all(folder: Path) -> Iterator[tuple[Path, Session | None, str | None]]:
             yield path, None, str(exc)
 
 
+def show(line: str, path: Path | None = None) -> None:
+    """Print one line of a listing for a person: control sequences in a title are shown, not
+    obeyed, and text this terminal cannot encode is escaped, so one odd file never hides the
+    rest of the list."""
+    try:
+        print(printable(line, sys.stdout))
+    except UnicodeError as exc:  # an encoding printable() could not satisfy
+        where = f"{printable(str(path), sys.stderr)}: " if path is not None else ""
+        print(f"textgen: skipped {where}cannot show it here ({exc.reason})", file=sys.stderr)
+
+
 def run_list(args: argparse.Namespace) -> int:
     folder = sessions_dir_from(args)
     found = False
     for path, session, problem in load_all(folder):
         found = True
         if session is None:
-            print(f"textgen: skipped {problem}", file=sys.stderr)
+            print(printable(f"textgen: skipped {problem}", sys.stderr), file=sys.stderr)
             continue
         completions = sum(len(t.completions) for t in session.turns)
-        print(f"{path.name}  {session.created[:16].replace('T', ' ')}  "
-              f"{len(session.turns)} turns/{completions} completions  "
-              f"{session.model.get('name', '?')}  {session.title}")
+        show(f"{path.name}  {session.created[:16].replace('T', ' ')}  "
+             f"{len(session.turns)} turns/{completions} completions  "
+             f"{session.model.get('name', '?')}  {session.title}", path)
     if not found:
         print(f"no saved sessions in {folder}", file=sys.stderr)
     return 0
@@ -116,8 +128,9 @@ def run_search(args: argparse.Namespace) -> int:
     hits = 0
     for hit in search(folder, args.words):
         hits += 1
-        print(f"{hit.path.name}  turn {hit.turn} ({hit.where}): {hit.snippet}")
+        show(f"{hit.path.name}  turn {hit.turn} ({hit.where}): {hit.snippet}", hit.path)
     if not hits:
-        print(f"no turns match {' '.join(args.words)!r} in {folder}", file=sys.stderr)
+        print(printable(f"no turns match {' '.join(args.words)!r} in {folder}", sys.stderr),
+              file=sys.stderr)
         return 1
     return 0

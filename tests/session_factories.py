@@ -16,11 +16,11 @@ any_text = st.text(alphabet=st.characters(), max_size=40)
 params_strategy = st.builds(
     SamplingParams,
     max_new_tokens=st.integers(1, 100_000),
-    temperature=st.floats(0, 100),
+    temperature=st.just(0.0) | st.floats(0.01, 100),
     top_k=st.integers(0, 10_000),
     top_p=st.floats(0, 1, exclude_min=True),
     min_p=st.floats(0, 1, exclude_max=True),
-    repetition_penalty=st.floats(1e-6, 1e6),
+    repetition_penalty=st.floats(0.05, 20),
     no_repeat_ngram_size=st.integers(0, 20),
     do_sample=st.booleans(),
     seed=st.none() | st.integers(0, 2**32 - 1),

@@ -13,7 +13,15 @@ from repl.params import PRESETS, SamplingParams, parse_value, preset
         ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
         ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number"),
         ({"min_p": 1.0}, "min_p must be 0 or more and less than 1"),
-        ({"repetition_penalty": 0}, "repetition_penalty must be more than 0"),
+        ({"repetition_penalty": 0}, "repetition_penalty must be from 0.05 to 20"),
+        ({"repetition_penalty": 1e-300}, "repetition_penalty must be from 0.05 to 20"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty must be from"),
+        ({"temperature": 1e-40}, "temperature must be 0 .greedy. or at least 0.01"),
+        ({"temperature": float("inf")}, "temperature must be a number"),
+        ({"top_k": 10**30}, "top_k must be a whole number from 0 to 1000000"),
+        ({"no_repeat_ngram_size": 10**30}, "no_repeat_ngram_size must be a whole number from"),
+        ({"max_new_tokens": 10**30}, "max_new_tokens must be at most 1000000"),
+        ({"top_p": float("inf")}, "top_p must be more than 0"),
         ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size"),
         ({"seed": -5}, "seed must be a whole number"),
         ({"stop": ("",)}, "stop strings must be non-empty"),
@@ -76,6 +84,10 @@ def test_parse_value_from_user_text():
     assert parse_value("do_sample", "off") is False
     with pytest.raises(ValueError, match="top_k must be a whole number, not 'x'"):
         parse_value("top_k", "x")
+    with pytest.raises(ValueError, match="repetition_penalty must be a number, not 'inf'"):
+        parse_value("repetition_penalty", "inf")
+    with pytest.raises(ValueError, match="temperature must be a number, not 'nan'"):
+        parse_value("temperature", "nan")
     with pytest.raises(ValueError, match="unknown parameter 'heat'"):
         parse_value("heat", "1")
     assert SamplingParams().with_text("temperature", "1.3").temperature == 1.3
