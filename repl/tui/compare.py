@@ -26,6 +26,7 @@ from textual.widgets import Footer, Input, Label, Static
 from repl.engine import GenerationStats, Generator, Notice
 from repl.errors import TextgenError
 from repl.params import PRESETS, SamplingParams
+from repl.tui import served
 
 if TYPE_CHECKING:
     from repl.conversation import Conversation
@@ -155,6 +156,10 @@ class CompareScreen(Screen[None]):
         if self.conversation.mode == "chat" and not prompt.strip():
             self.notify("Write a message first.", severity="warning")
             return
+        for spec, _ in sides:
+            if refusal := served.model_refusal(spec):
+                self.notify(refusal, title="Not allowed here", severity="error", timeout=10)
+                return
         self.buffers = [SideBuffer(title=f"{'AB'[i]} · {spec} · {describe(p)}",
                                    meta="loading model …") for i, (spec, p) in enumerate(sides)]
         self.running = True

@@ -11,6 +11,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from repl.tui import served
+
 
 class HelpScreen(ModalScreen[None]):
     """Every key of the app, built from the bindings themselves so it cannot go stale."""
@@ -55,4 +57,7 @@ class ModelScreen(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         spec = event.value.strip()
+        if spec and (refusal := served.model_refusal(spec)):
+            self.notify(refusal, title="Not allowed here", severity="error", timeout=10)
+            return
         self.dismiss(spec or None)

@@ -32,6 +32,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Log, Sparkline, Static
 
 from repl import paths
+from repl.tui import served
 
 POLL_S = 0.5
 WIKITEXT_FILES = ("wiki.*.raw", "wiki.*.tokens")  # a WikiText-2 folder (the trainer checks it)
@@ -321,6 +322,9 @@ class TrainActions:
 
     def action_train(self) -> None:
         app: Any = self
+        if refusal := served.training_refusal():
+            app.notify(refusal, title="Training is off", severity="error", timeout=10)
+            return
         if not app.is_screen_installed("train"):  # installed: it lives on while hidden
             generator = app.conversation.generator
             model = generator.info.spec if generator is not None else app.spec
