@@ -46,11 +46,13 @@ def client(server):
         yield client
 
 
+@pytest.mark.slow
 def test_models_lists_the_served_model(client):
     (card,) = client.models.list().data
     assert card.id == "tiny-chat" and card.model_extra["context_length"] == 256
 
 
+@pytest.mark.slow
 def test_streaming_chat_matches_the_same_request_unstreamed(client):
     ask = {"model": "tiny-chat", "messages": [{"role": "system", "content": "Be brief."},
                                               {"role": "user", "content": "Hello"}],
@@ -69,6 +71,7 @@ def test_streaming_chat_matches_the_same_request_unstreamed(client):
     assert whole.usage.completion_tokens == 10
 
 
+@pytest.mark.slow
 def test_completion_logprobs_are_the_greedy_tokens(client):
     answer = client.completions.create(model="tiny-chat", prompt="The cat", max_tokens=6,
                                        temperature=0, logprobs=3)
@@ -84,6 +87,7 @@ def test_completion_logprobs_are_the_greedy_tokens(client):
     assert "".join(probs.tokens) == choice.text
 
 
+@pytest.mark.slow
 def test_chat_logprobs_streamed_cover_every_token(client):
     chunks = list(client.chat.completions.create(
         model="tiny-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
@@ -94,6 +98,7 @@ def test_chat_logprobs_streamed_cover_every_token(client):
     assert all(len(e.top_logprobs) == 2 and e.bytes == list(e.token.encode()) for e in entries)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_text(client):
     def text(seed: int) -> str:
         return client.completions.create(model="tiny-chat", prompt="Once", max_tokens=12,
@@ -103,6 +108,7 @@ def test_the_same_seed_gives_the_same_text(client):
     assert text(11) == first and text(12) != first
 
 
+@pytest.mark.slow
 def test_n_choices_and_textgen_parameters(client):
     answer = client.completions.create(
         model="tiny-chat", prompt="A", max_tokens=4, n=2, seed=3, temperature=1.0,
@@ -113,6 +119,7 @@ def test_n_choices_and_textgen_parameters(client):
     assert answer.usage.completion_tokens == 8
 
 
+@pytest.mark.slow
 def test_stop_strings_end_the_text(client):
     free = client.completions.create(model="tiny-chat", prompt="Go", max_tokens=12,
                                       temperature=0).choices[0].text
@@ -124,6 +131,7 @@ def test_stop_strings_end_the_text(client):
     assert answer.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_a_wrong_or_missing_key_is_401(server):
     with openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0) as bad, \
             pytest.raises(openai.AuthenticationError) as caught:
@@ -134,6 +142,7 @@ def test_a_wrong_or_missing_key_is_401(server):
     assert missing.status_code == 401 and "Missing API key" in missing.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_bad_values_are_400_in_openais_error_shape(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="tiny-chat", prompt="x", temperature=-1)
@@ -147,6 +156,7 @@ def test_bad_values_are_400_in_openais_error_shape(client):
         assert set(caught.value.response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.slow
 def test_an_unknown_model_or_path_is_404(client, server):
     with pytest.raises(openai.NotFoundError) as caught:
         client.completions.create(model="gpt-9", prompt="x")
@@ -155,6 +165,7 @@ def test_an_unknown_model_or_path_is_404(client, server):
     assert answer.status_code == 404 and "error" in answer.json()
 
 
+@pytest.mark.slow
 def test_requests_are_logged_as_sessions(client, server):
     client.chat.completions.create(
         model="tiny-chat", max_tokens=3, seed=2,
@@ -168,6 +179,7 @@ def test_requests_are_logged_as_sessions(client, server):
     assert last.completion.params.seed == 2 and session.extra["api"]["endpoint"] == "chat"
 
 
+@pytest.mark.slow
 def test_a_model_without_chat_template_refuses_chat_with_400(tiny_model_dir):
     live = start_api("--model", str(tiny_model_dir), "--backend", "transformers")
     try:

@@ -224,6 +224,12 @@ class InspectActions:
             app.notify("Nothing to inspect yet; submit a prompt first.", severity="warning")
             return
         tokenizer = self.tokenizer_for(completion)
+        if tokenizer is not None and completion.traces and not any(
+                trace.snapshot() for _, trace in completion.traces):
+            # Traced, yet empty: a remote server (repl/engine/remote.py) that sends no logprobs.
+            app.notify("This server returns no token probabilities, so there is nothing to "
+                       "inspect.", severity="warning")
+            return
         if not completion.traces or tokenizer is None:
             app.notify("No token probabilities for this text: F2 turns inspect on, then "
                        "Ctrl+R generates an alternative with them.", severity="warning")
