@@ -31,6 +31,7 @@ from trainer.callbacks import (
     previous_records,
     truncate_log,
 )
+from trainer.chat_data import prepare_chat_training, uses_chat_data
 from trainer.data import PackedBlocks, PreparedData, prepare_training_data
 from trainer.output import (
     disk_full_error,
@@ -47,6 +48,7 @@ from trainer.plan import (  # noqa: F401  (check_output, TrainOptions: the publi
     make_plan,
     resolve_precision,
 )
+from trainer.samples import SampleRecorder, read_prompts, samples_from_log
 
 
 @dataclass
@@ -70,20 +72,27 @@ def run_training(options: TrainOptions, extra_callbacks: list[Any] | None = None
     from transformers import set_seed
 
     plan = make_plan(options)
+    chat = uses_chat_data(options.data, options.chat_template, options.arch)
+    prompts = read_prompts(options.sample_prompts, chat)
     say = print if plan.main_process else _quiet
     set_seed(options.seed)
     loaded = load_for_training(plan)
     args = training_arguments(plan)
     # Tokenize on the main process first; the others then read its datasets cache.
     with args.main_process_first(desc="tokenizing"):
-        data = prepare_training_data(options.data, loaded.tokenizer, plan.block_size,
-                                     options.cache_dir)
+        data = prepare_chat_training(options.data, loaded.tokenizer, plan.block_size,
+                                     options.chat_template, loaded.model) if chat else \
+            prepare_training_data(options.data, loaded.tokenizer, plan.block_size,
+                                  options.cache_dir)
     valid = data.valid
     if plan.eval_blocks is not None and plan.eval_blocks < len(valid):
-        valid = PackedBlocks(valid.blocks[:plan.eval_blocks])
+        valid = valid.head(plan.eval_blocks)
     state = RunState()
     prepare_output(plan, state, say)
-    callbacks = build_callbacks(plan, state) + list(extra_callbacks or [])
+    samples = SampleRecorder(prompts, loaded.tokenizer, plan.jsonl_log,
+                             plan.logs_dir / "tensorboard", options.sample_tokens, chat,
+                             plan.tokens_per_step, enabled=plan.main_process)
+    callbacks = [*build_callbacks(plan, state), samples.callback(), *(extra_callbacks or [])]
     trainer = make_trainer(plan, args, loaded, data.train, valid, callbacks, state)
     announce(plan, loaded, data, valid, trainer, say)
 
@@ -274,7 +283,8 @@ def judge(plan: TrainPlan, trainer: Any, state: RunState, hint: str) -> TrainOut
     found = checkpoints.scan_checkpoints(plan.checkpoints_dir)
     good = found.newest
     named = f"the last good checkpoint (weights checked finite) is {good}" if good else (
-        "no checkpoint was saved before it")
+        f"no checkpoint was saved before it; the starting model {plan.options.model} is "
+        "unchanged")
     if state.nan is not None:
         step, what = state.nan
         return TrainOutcome("nan", plan.output, message=(
@@ -285,9 +295,10 @@ def judge(plan: TrainPlan, trainer: Any, state: RunState, hint: str) -> TrainOut
         best = checkpoints.best_checkpoint(found) or good
         before = perplexity(state.loss_before)
         now = f"{perplexity(loss):,.5g}" if perplexity(loss) else str(loss)
-        kept = (f"the best checkpoint is {best} (validation loss "
-                f"{checkpoints.read_marker(best).get('validation_loss')})" if best else
-                "no checkpoint was kept before it")
+        kept = (f"the best checkpoint is {best} (validation perplexity "
+                f"{_marker_perplexity(best)})" if best else
+                f"no checkpoint was kept before it; the starting model {plan.options.model} is "
+                "unchanged")
         return TrainOutcome("diverged", plan.output, message=(
             f"training diverged: validation perplexity {now} at step {step}, more than "
             f"{DIVERGENCE_FACTOR:g}x the {before:,.2f} before training; stopped without saving "
@@ -297,6 +308,11 @@ def judge(plan: TrainPlan, trainer: Any, state: RunState, hint: str) -> TrainOut
             f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
             f"{good}. To continue exactly where it stopped, {hint}"))
     return None
+
+
+def _marker_perplexity(path: Path) -> str:
+    value = perplexity(checkpoints.read_marker(path).get("validation_loss"))
+    return f"{value:,.2f}" if value else "not measured"
 
 
 # ---------------------------------------------------------------- save
@@ -372,6 +388,8 @@ def build_report(plan: TrainPlan, trainer_state: Any, state: RunState, loaded: L
             "loss_after": after,
             "perplexity_after": perplexity(after),
         },
+        # The greedy samples of every evaluation (a resumed run's earlier ones too).
+        "samples_by_step": samples_from_log(plan.jsonl_log),
     }
 
 
