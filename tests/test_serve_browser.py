@@ -1,22 +1,27 @@
 """End to end: `textgen serve` with the default model, driven by headless Chromium.
 
-The browser opens the page, types a prompt into the TUI, submits it and waits until the
-greedy continuation (computed here with the same model and parameters) arrives on the
-terminal, then takes a screenshot. Tools: Debian's chromium and playwright-core from
-tests/browser (`make browser`, run by `make test`, installs them); without them the test skips.
+The browser opens the URL the server prints (with its token), types a prompt into the TUI,
+submits it and waits until the greedy continuation (computed here with the same model and
+parameters) arrives on the terminal, then takes a screenshot. Tools: Debian's chromium and
+playwright-core from tests/browser (`make browser`, run by `make test`, installs them); without
+them the test skips.
+
+Every wait here is for an event (the server's banner, text on the terminal) with limits of
+minutes, not seconds: on a machine loaded by other test runs the model alone took over 50 s to
+load, and a correct program must not fail for that.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +30,7 @@ BROWSER_DIR = Path(__file__).parent / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROMPT = "The history of climate change research began"
 NEW_TOKENS = 8
+STEP_LIMIT_S = 600  # each wait: the server's start, the app ready, the answer (see above)
 
 
 def _missing_tools() -> str | None:
@@ -39,6 +45,7 @@ def _missing_tools() -> str | None:
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(4 * STEP_LIMIT_S),
     pytest.mark.skipif(_missing_tools() is not None, reason=str(_missing_tools())),
 ]
 
@@ -49,18 +56,39 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_for_page(url: str, server: subprocess.Popen, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if server.poll() is not None:
-            pytest.fail(f"textgen serve exited: {server.communicate()[0]}")
+class ServerOutput:
+    """The server's output, read as it comes (so its pipe never fills), and its printed URL."""
+
+    def __init__(self, server: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._urls: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, args=(server,), daemon=True)
+        self._reader.start()
+
+    def _read(self, server: subprocess.Popen) -> None:
+        for line in server.stdout:
+            self.lines.append(line)
+            if found := re.search(r"(http://\S+/\?token=\S+)", line):
+                self._urls.put(found.group(1))
+        self._urls.put(None)  # the server exited
+
+    def url(self) -> str:
+        """The URL from the banner, printed once the server listens."""
         try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            url = self._urls.get(timeout=STEP_LIMIT_S)
+        except queue.Empty:
+            pytest.fail(f"textgen serve printed no URL in {STEP_LIMIT_S} s: {self.text()}")
+        if url is None:
+            pytest.fail(f"textgen serve exited before listening: {self.text()}")
+        return url
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def all_text(self) -> str:
+        """Everything it printed, once it has exited (its pipe then closes)."""
+        self._reader.join(timeout=STEP_LIMIT_S)
+        return self.text()
 
 
 def _expected_words(default_loaded) -> tuple[list[str], str]:
@@ -82,7 +110,6 @@ def _expected_words(default_loaded) -> tuple[list[str], str]:
 
 def test_prompt_in_chromium_streams_the_continuation(default_loaded, tmp_path):
     port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
     server = subprocess.Popen(
         # On the CPU like `default_loaded`, so the greedy text is the same on a GPU machine.
         [sys.executable, "-m", "repl", "serve", "--port", str(port), "--model", "default",
@@ -90,10 +117,12 @@ def test_prompt_in_chromium_streams_the_continuation(default_loaded, tmp_path):
          "--sessions-dir", str(tmp_path / "sessions")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    output = ServerOutput(server)
     screenshot = tmp_path / "textgen-serve.png"
     try:
         words, finish = _expected_words(default_loaded)  # while the server starts
-        _wait_for_page(url, server)
+        url = output.url()
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
         spec = {
             "url": url,
             "chromium": CHROMIUM,
@@ -105,16 +134,17 @@ def test_prompt_in_chromium_streams_the_continuation(default_loaded, tmp_path):
             # "generating" is the status bar while text streams in; the words arrive after.
             "expect": ["generating", *words, f"last: {finish}"],
             "screenshot": str(screenshot),
-            "timeoutMs": 50_000,
+            "stepTimeoutMs": STEP_LIMIT_S * 1000,
             "settleMs": 300,
         }
         driver = subprocess.run(
             ["node", str(BROWSER_DIR / "drive.mjs"), json.dumps(spec)],
-            capture_output=True, text=True, timeout=70, cwd=BROWSER_DIR,
+            capture_output=True, text=True, timeout=3 * STEP_LIMIT_S, cwd=BROWSER_DIR,
         )
     finally:
         server.terminate()
-        server_log = server.communicate(timeout=15)[0]
+        server.wait(timeout=STEP_LIMIT_S)
+    server_log = output.all_text()
     lines = driver.stdout.strip().splitlines()
     assert lines, f"no result from the browser driver: {driver.stderr}\nserver: {server_log}"
     result = json.loads(lines[-1])

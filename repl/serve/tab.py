@@ -21,7 +21,7 @@ from textual_serve.app_service import AppService
 
 log = logging.getLogger("textgen.serve")
 
-QUIT_GRACE_S = 2.0  # for the app to save its session and exit on its own
+QUIT_GRACE_S = 3.0  # for the app to save its session and exit on its own
 TERM_GRACE_S = 2.0  # after SIGTERM, before SIGKILL
 MAX_QUEUED = 1024  # input packets waiting for an app that does not read them
 # A terminal's size in cells: more only grows the app's screen buffers (one tab asked for

@@ -2,11 +2,15 @@
 // wait for expected text in what the server streams back, and save a screenshot.
 //
 // usage: node drive.mjs '{"url": ..., "ready": [...], "click": {"x": 0.5, "y": 0.9},
-//                         "keys": [...], "expect": [...],
-//                         "screenshot": "out.png", "timeoutMs": 45000, "chromium": "/usr/bin/chromium"}'
+//                         "keys": [...], "expect": [...], "screenshot": "out.png",
+//                         "stepTimeoutMs": 600000, "chromium": "/usr/bin/chromium"}'
 // `keys` items are {"type": "text"} or {"press": "Enter"}; `ready` and `expect` are strings that
 // must all appear in the terminal output (escape sequences stripped) before and after the keys.
 // Prints one JSON line: {"ok": bool, "error"?: str, "seen": str (the tail of the text), ...}.
+//
+// Each step (the page, the app ready, the answer) waits on events for up to stepTimeoutMs, a
+// limit meant never to be reached by a correct program however loaded the machine (the model
+// loads while the app starts); a step fails at once when the websocket closes.
 //
 // xterm.js draws on a canvas, so the page's DOM has no text to read: the test reads what the
 // server sends over the websocket instead, which is exactly what the terminal draws.
@@ -16,7 +20,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 
 const spec = JSON.parse(process.argv[2]);
-const timeoutMs = spec.timeoutMs ?? 45000;
+const timeoutMs = spec.stepTimeoutMs ?? 600000;
 const started = Date.now();
 const FLAGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -27,18 +31,25 @@ const FLAGS = [
 const ESCAPES = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>78]/g;
 
 let text = "";
+let closed = null; // why the app's websocket closed, once it has
+let changed = () => {}; // wakes the waiting step when text arrives or the socket closes
 const seen = () => text.replace(ESCAPES, "");
 
-async function waitFor(needles, label) {
-  const deadline = started + timeoutMs;
+async function waitFor(needles, what) {
+  const since = Date.now();
   for (;;) {
     const screen = seen();
     const missing = needles.filter((needle) => !screen.includes(needle));
     if (missing.length === 0) return;
-    if (Date.now() > deadline) {
-      throw new Error(`${label}: no ${JSON.stringify(missing)} after ${timeoutMs} ms`);
+    if (closed) throw new Error(`${what}: the websocket closed (${closed}) before ${JSON.stringify(missing)} appeared`);
+    const waited = Date.now() - since;
+    if (waited > timeoutMs) {
+      throw new Error(`${what}: waited ${waited} ms for ${JSON.stringify(missing)} on the terminal`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await new Promise((resolve) => {
+      changed = resolve;
+      setTimeout(resolve, 1000);
+    });
   }
 }
 
@@ -58,13 +69,22 @@ try {
   page.on("websocket", (socket) => {
     socket.on("framereceived", ({ payload }) => {
       text += typeof payload === "string" ? "" : payload.toString("utf8");
+      changed();
+    });
+    socket.on("close", () => {
+      closed = "closed by the server";
+      changed();
+    });
+    socket.on("socketerror", (error) => {
+      closed = String(error);
+      changed();
     });
   });
   // The page asks Google Fonts for its font; offline that request just fails, so don't wait
   // for the load event.
   await page.goto(spec.url, { waitUntil: "domcontentloaded", timeout: timeoutMs });
   await page.waitForSelector("body.-first-byte", { timeout: timeoutMs });
-  await waitFor(spec.ready ?? [], "app not ready");
+  await waitFor(spec.ready ?? [], "app not ready (loading the model)");
   result.readyMs = Date.now() - started;
   // Keys reach the app through xterm's hidden textarea. A click lands in the app as a mouse
   // event too (and moves its focus), so it goes where the spec says: a fraction of the page.
@@ -78,7 +98,7 @@ try {
     if (key.type !== undefined) await page.keyboard.type(key.type, { delay: 20 });
     if (key.press !== undefined) await page.keyboard.press(key.press);
   }
-  await waitFor(spec.expect ?? [], "no streamed text");
+  await waitFor(spec.expect ?? [], "no streamed answer");
   result.answerMs = Date.now() - started;
   result.bytesAfterKeys = text.length - before;
   if (spec.settleMs) await page.waitForTimeout(spec.settleMs);
