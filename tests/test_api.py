@@ -3,11 +3,13 @@ model, transformers backend), OpenAI's error shapes, the bounded queue and dropp
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import openai
@@ -257,26 +259,35 @@ class GatedBackend(Backend):
         self.wake.set()
 
 
-@pytest.fixture
-def gated():
+@contextlib.contextmanager
+def serving(backend: Backend, config: ApiConfig) -> Iterator[tuple[str, Any]]:
+    """`textgen api`'s app for `backend` on a free loopback port, in this process."""
     import uvicorn
 
-    backend = GatedBackend()
     ready = threading.Event()
-    app = create_app(backend, ApiConfig(max_queue=1), on_ready=ready.set)
+    app = create_app(backend, config, on_ready=ready.set)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    assert ready.wait(60)
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    yield backend, url, app.state.served.runner
-    backend.let_go()
-    server.should_exit = True
-    thread.join(60)
-    listener.close()
+    try:
+        assert ready.wait(60)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", app
+    finally:
+        if isinstance(backend, GatedBackend):
+            backend.let_go()
+        server.should_exit = True
+        thread.join(60)
+        listener.close()
+
+
+@pytest.fixture
+def gated():
+    backend = GatedBackend()
+    with serving(backend, ApiConfig(max_queue=1)) as (url, app):
+        yield backend, url, app.state.served.runner
 
 
 def wait_for(condition, what: str, limit: float = 60.0) -> None:
@@ -327,3 +338,15 @@ def test_a_client_that_drops_mid_stream_frees_its_slot(gated):
     assert answer["text"] == "<next> done"
     assert backend.endings == ["cancelled", "length"]
     assert runner.running == 0 and runner.waiting == 0
+
+
+def test_only_allowed_web_origins_may_call_it():
+    asked = {"Origin": "https://lmg-anon.github.io", "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization,content-type"}
+    for origins, allowed in (((), False), (("https://lmg-anon.github.io",), True)):
+        with serving(GatedBackend(), ApiConfig(allow_origins=origins)) as (url, _):
+            preflight = httpx.options(f"{url}/completions", headers=asked)
+            models = httpx.get(f"{url}/models", headers={"Origin": asked["Origin"]})
+        granted = preflight.headers.get("access-control-allow-origin")
+        assert (granted == asked["Origin"]) is allowed and models.status_code == 200
+        assert ("access-control-allow-origin" in models.headers) is allowed

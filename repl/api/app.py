@@ -45,6 +45,9 @@ class ApiConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
     defaults: SamplingParams = dataclasses.field(default_factory=SamplingParams)
     log_sessions: Path | None = None
+    # Web origins whose pages may call the API (CORS); none by default, so a page the user
+    # happens to visit cannot drive the engine on their loopback.
+    allow_origins: tuple[str, ...] = ()
 
 
 class Served:
@@ -103,6 +106,12 @@ def create_app(backend: Backend, config: ApiConfig | None = None,
     app = FastAPI(title="textgen api", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.served = served
+    if served.config.allow_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(served.config.allow_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -48,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                         help="requests that may wait for the engine; more get 429 "
                              "(default: %(default)s)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let web pages from ORIGIN (e.g. https://lmg-anon.github.io for "
+                             "mikupad, or null for a page opened from a file) call the API from "
+                             "a browser; repeatable (default: none, so no web page can)")
     parser.add_argument("--log-sessions", type=Path, metavar="DIR",
                         help="save each request and its completion as a textgen session in DIR")
     add_model_arguments(parser, remote_key=False)
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
               f"({backend.info.runs_on}{', API key required' if key else ''})", flush=True)
 
     config = ApiConfig(api_key=key, max_queue=args.max_queue, defaults=defaults,
-                       log_sessions=args.log_sessions)
+                       log_sessions=args.log_sessions, allow_origins=tuple(args.allow_origin))
     app = create_app(backend, config, on_ready=ready)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=3))
