@@ -1,30 +1,39 @@
-"""Engine speed: time to first token and decode tokens/s, textgen's Generator against plain
-transformers (and llama.cpp when `llama_cpp` is importable), in one run, on the same prompt.
+"""Engine speed: every backend against plain transformers `generate()` (and raw llama.cpp, the
+anchor, when `llama_cpp` is importable), in one run, on the same prompts.
 
-    .venv/bin/python benchmarks/engine_speed.py [--runs 3] [--new-tokens 100]
-        [--models default,gpt2-small]
+    .venv/bin/python benchmarks/engine_speed.py [--runs 5] [--new-tokens 100]
+        [--models default,gpt2-small] [--threads N] [--data-dir DIR]
 
-Every engine decodes greedily and exactly `--new-tokens` tokens (min_new_tokens keeps EOS away),
-from the same ~10-token prompt; each number is the median of `--runs` timed runs after one
-warm-up, taken in interleaved rounds so the machine's other load hits every engine alike.
-"x plain" is decode tokens/s over plain `model.generate()` on the same model, measured in the
-same process, so a noisy, shared machine still gives a fair ratio.
+Columns, each the median of `--runs` timed runs after one warm-up, taken in interleaved rounds
+so the machine's other load hits every engine alike:
+- decode tok/s and TTFT: greedy, `--new-tokens` new tokens from a ~10-token prompt;
+- prefill tok/s: a fresh 2,048-token prompt (no cache to reuse) until its first token;
+- regen TTFT: the same 2,048-token prompt again (regenerate): the prefix cache's payoff;
+- ready s: opening the model in a fresh process (imports included), as `textgen` does;
+- perplexity: the first `--ppl-tokens` tokens of WikiText-2 test, scored in 512-token windows
+  by the same loop on every backend (same tokens: both tokenize with the model's tokenizer).
+"x plain" is over plain `generate()` on the same model, measured in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout
 
 PROMPT = "The history of climate change research began in the early"
+LONG_TOKENS = 2048
+WINDOW = 512
 
 
 @dataclass
@@ -38,7 +47,11 @@ class Timing:
 class Row:
     engine: str
     model: str
-    timings: list[Timing]
+    timings: list[Timing] = field(default_factory=list)
+    prefill: list[float] = field(default_factory=list)  # tok/s
+    regen_ttft: list[float] = field(default_factory=list)  # s
+    ready_s: float | None = None
+    perplexity: float | None = None
 
     @property
     def decode(self) -> float:
@@ -47,6 +60,140 @@ class Row:
     @property
     def ttft_ms(self) -> float:
         return statistics.median(t.ttft_s for t in self.timings) * 1000
+
+
+# --- the engines --------------------------------------------------------------------------------
+
+class Engine:
+    """One row: how it generates a short prompt, prefills a long one, and scores perplexity."""
+
+    label = ""
+
+    def short(self, new_tokens: int) -> Timing:
+        raise NotImplementedError
+
+    def long(self, ids: list[int], fresh: bool) -> float:
+        """Seconds from request to the first token of `ids` (fresh: nothing cached)."""
+        raise NotImplementedError
+
+    def perplexity(self, ids: list[int]) -> float | None:
+        return None
+
+
+class PlainGenerate(Engine):
+    """`model.generate()`, fp32 eager, greedy: the baseline every ratio is taken against."""
+
+    label = "transformers generate() fp32"
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def _run(self, input_ids: Any, new_tokens: int) -> Timing:
+        import torch
+
+        clock = _FirstTokenClock()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=clock,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                temperature=None, top_p=None, top_k=None)
+        finished = time.perf_counter()
+        generated = out.shape[1] - input_ids.shape[1]
+        assert clock.first_at is not None
+        decode = (generated - 1) / (finished - clock.first_at) if generated > 1 else 0.0
+        return Timing(clock.first_at - started, decode, generated)
+
+    def short(self, new_tokens: int) -> Timing:
+        return self._run(self.tokenizer(PROMPT, return_tensors="pt").input_ids, new_tokens)
+
+    def long(self, ids: list[int], fresh: bool) -> float:
+        import torch
+
+        return self._run(torch.tensor([ids]), 1).ttft_s
+
+    def perplexity(self, ids: list[int]) -> float:
+        import torch
+
+        nll, count = 0.0, 0
+        with torch.inference_mode():
+            for window in _windows(ids):
+                logits = self.model(torch.tensor([window])).logits[0].float()  # (len, vocab)
+                logp = torch.log_softmax(logits[:-1], dim=-1)
+                nll -= float(logp.gather(1, torch.tensor(window[1:])[:, None]).sum())
+                count += len(window) - 1
+        return math.exp(nll / count)
+
+
+class TextgenBackend(Engine):
+    """A textgen backend through its public stream() API, as the faces use it."""
+
+    def __init__(self, backend: Any, label: str) -> None:
+        self.backend, self.label = backend, label
+
+    def _stats(self, request: Any) -> Any:
+        from repl.engine import GenerationStats
+
+        stats = None
+        for item in self.backend.stream(request):
+            if isinstance(item, GenerationStats):
+                stats = item
+        assert stats is not None and stats.ttft_s is not None
+        return stats
+
+    def short(self, new_tokens: int) -> Timing:
+        from repl.engine import GenerationRequest
+        from repl.params import preset
+
+        params = preset("greedy").replace(max_new_tokens=new_tokens, seed=0)
+        stats = self._stats(GenerationRequest(prompt=PROMPT, params=params))
+        return Timing(stats.ttft_s, stats.tokens_per_s or 0.0, stats.new_tokens)
+
+    def long(self, ids: list[int], fresh: bool) -> float:
+        from repl.engine import GenerationRequest
+        from repl.params import preset
+
+        if fresh:
+            self.backend.clear_cache()  # a new prompt, not a regenerate
+        params = preset("greedy").replace(max_new_tokens=1, seed=0)
+        text = self.backend.tokenizer.decode(ids)
+        return self._stats(GenerationRequest(prompt=text, params=params)).ttft_s
+
+    def perplexity(self, ids: list[int]) -> float | None:
+        if not hasattr(self.backend, "llm"):
+            return None  # the transformers backend is the plain model: same number
+        return _llama_perplexity(self.backend.llm.model_path, ids, self.backend.llm.n_threads)
+
+
+class RawLlamaCpp(Engine):
+    """llama-cpp-python's own completion loop and sampler on the same gguf: the anchor."""
+
+    def __init__(self, gguf: Path, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
+                         verbose=False)
+        self.label = f"llama.cpp itself ({threads} threads)"
+
+    def short(self, new_tokens: int) -> Timing:
+        self.llm.reset()
+        started = time.perf_counter()
+        first_at, count = None, 0
+        for _ in self.llm.create_completion(PROMPT, max_tokens=new_tokens, temperature=0.0,
+                                            stream=True):
+            count += 1
+            first_at = first_at or time.perf_counter()
+        finished = time.perf_counter()
+        assert first_at is not None
+        return Timing(first_at - started, (count - 1) / (finished - first_at), count)
+
+    def long(self, ids: list[int], fresh: bool) -> float:
+        if fresh:
+            self.llm.reset()
+        started = time.perf_counter()
+        next(iter(self.llm.create_completion(ids, max_tokens=1, temperature=0.0, stream=True)))
+        return time.perf_counter() - started
 
 
 class _FirstTokenClock:
@@ -66,173 +213,171 @@ class _FirstTokenClock:
         pass
 
 
-def time_plain(model: Any, tokenizer: Any, new_tokens: int) -> Timing:
-    """Plain `model.generate()`, fp32 eager, greedy: the baseline every ratio is taken against."""
-    import torch
-
-    clock = _FirstTokenClock()
-    started = time.perf_counter()
-    input_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=clock,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            temperature=None, top_p=None, top_k=None,
-        )
-    finished = time.perf_counter()
-    generated = out.shape[1] - input_ids.shape[1]
-    assert clock.first_at is not None
-    return Timing(clock.first_at - started, (generated - 1) / (finished - clock.first_at),
-                  generated)
+def _windows(ids: list[int]) -> list[list[int]]:
+    return [ids[i:i + WINDOW] for i in range(0, len(ids) - 1, WINDOW) if len(ids[i:i + WINDOW]) > 1]
 
 
-def time_engine(generator: Any, new_tokens: int) -> Timing:
-    """textgen's Generator, through its public stream() API (worker thread, streamer, stats)."""
-    from repl.engine import GenerationRequest, GenerationStats
-    from repl.params import preset
+def _llama_perplexity(gguf: str, ids: list[int], threads: int) -> float:
+    """The same windows, scored from llama.cpp's logits of every position."""
+    import numpy as np
+    from llama_cpp import Llama
 
-    params = preset("greedy").replace(max_new_tokens=new_tokens, seed=0)
-    stats = None
-    for item in generator.stream(GenerationRequest(prompt=PROMPT, params=params)):
-        if isinstance(item, GenerationStats):
-            stats = item
-    assert stats is not None and stats.ttft_s is not None and stats.tokens_per_s is not None
-    return Timing(stats.ttft_s, stats.tokens_per_s, stats.new_tokens)
-
-
-def time_llama_cpp(llm: Any, new_tokens: int) -> Timing:
-    started = time.perf_counter()
-    first_at = None
-    count = 0
-    for _ in llm.create_completion(PROMPT, max_tokens=new_tokens, temperature=0.0, stream=True):
-        count += 1
-        if first_at is None:
-            first_at = time.perf_counter()
-    finished = time.perf_counter()
-    assert first_at is not None
-    return Timing(first_at - started, (count - 1) / (finished - first_at), count)
+    llm = Llama(gguf, n_ctx=WINDOW, n_batch=WINDOW, n_threads=threads, logits_all=True,
+                verbose=False)
+    nll, count = 0.0, 0
+    for window in _windows(ids):
+        llm.reset()
+        llm.eval(window)
+        logits = np.asarray(llm.scores[: len(window) - 1], dtype=np.float64)  # (len-1, vocab)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
+        count += len(window) - 1
+    llm.close()
+    return math.exp(nll / count)
 
 
-def measure(runs: int, calls: list[Callable[[], Timing]]) -> list[list[Timing]]:
-    """Timings of each call, taken in rounds (a, b, c, a, b, c, ...) so every engine sees the
-    same mix of load from the machine's other users; one untimed warm-up each first."""
-    for call in calls:
-        call()  # first-call allocations, lazy imports
-    timings: list[list[Timing]] = [[] for _ in calls]
-    for _ in range(runs):
-        for call, into in zip(calls, timings, strict=True):
-            into.append(call())
-    return timings
+# --- models -------------------------------------------------------------------------------------
 
-
-def load(name: str) -> Any:
-    """A LoadedModel for `default` or for GPT-2-small-shaped random weights."""
-    from repl.models import LoadedModel, ModelInfo, load_model
-
+def model_spec(name: str) -> str:
+    """`default`, or a saved GPT-2-small-shaped random model (saved once, so llama.cpp's
+    conversion of it is cached too)."""
     if name == "default":
-        return load_model("default", device="cpu")
-    from tests.tiny_models import GPT2_SMALL, gpt2_tokenizer, random_gpt2
+        return "default"
+    from repl.paths import cache_dir
+    from tests.tiny_models import GPT2_SMALL, save_random_gpt2
 
-    model = random_gpt2(GPT2_SMALL)
-    tokenizer = gpt2_tokenizer()
-    tokenizer.pad_token = tokenizer.eos_token
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
-    info = ModelInfo(spec="gpt2-small-random", name=name,
-                     parameters=sum(p.numel() for p in model.parameters()),
-                     context_length=model.config.n_positions, device="cpu", dtype="float32",
-                     has_chat_template=False)
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+    folder = cache_dir() / "bench" / "gpt2-small-random"
+    if not (folder / "model.safetensors").is_file():
+        save_random_gpt2(folder, GPT2_SMALL)
+    return str(folder)
 
 
-def engines(loaded: Any, name: str) -> list[tuple[str, Callable[[int], Timing]]]:
-    """(label, timed call) for each engine to compare on this model, plain first."""
-    from repl.engine import Generator
+def ready_seconds(spec: str, backend: str, threads: int) -> float:
+    """Wall time for a fresh process to open the model on `backend` (imports included)."""
+    code = ("import time, sys; t = time.perf_counter(); from repl.engine import open_backend; "
+            f"open_backend({spec!r}, backend={backend!r}, threads={threads}); "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
-    plain = Generator(loaded, fast=False)
-    rows: list[tuple[str, Callable[[int], Timing]]] = [
-        ("transformers generate() fp32", lambda n: time_plain(loaded.model, loaded.tokenizer, n)),
-        ("textgen Generator --no-fast", lambda n: time_engine(plain, n)),
+
+def long_prompt(tokenizer: Any, data_dir: Path) -> list[int]:
+    text = (data_dir / "wiki.test.raw").read_text("utf-8")
+    ids = tokenizer(text[:200_000], add_special_tokens=False).input_ids
+    return list(ids)
+
+
+def measure(runs: int, calls: list[Callable[[], None]]) -> None:
+    """Each call once untimed (warm-up), then `runs` rounds of all of them, interleaved."""
+    for call in calls:
+        call()
+    for _ in range(runs):
+        for call in calls:
+            call()
+
+
+def bench_model(name: str, args: argparse.Namespace) -> list[Row]:
+    from repl.engine import TransformersBackend, open_backend
+    from repl.models import load_model
+
+    spec = model_spec(name)
+    loaded = load_model(spec, device="cpu")
+    # Plain generate() must make exactly --new-tokens: keep EOS away in its config.
+    loaded.model.generation_config.min_new_tokens = args.new_tokens
+    engines: list[tuple[Engine, str | None]] = [
+        (PlainGenerate(loaded.model, loaded.tokenizer), "transformers"),
+        (TextgenBackend(TransformersBackend(loaded), "textgen transformers backend"), None),
     ]
-    fast = Generator(loaded)
-    if fast.fast is not None:
-        started = time.perf_counter()
-        compiled = fast.fast.wait_compiled()
-        print(f"  fast path: packed and compiled in {time.perf_counter() - started:.1f} s "
-              f"({'ok' if compiled else fast.fast.error})", file=sys.stderr)
-        label = f"textgen Generator fast ({fast.fast.weight_format}, compiled)"
-        rows.append((label, lambda n: time_engine(fast, n)))
-    llm = _llama_cpp(name)
-    if llm is not None:
-        rows.append(("llama.cpp (2 threads)", lambda n: time_llama_cpp(llm, n)))
+    llama = None
+    try:
+        llama = open_backend(spec, backend="llama.cpp", threads=args.threads)
+        engines.append((TextgenBackend(llama, f"textgen llama.cpp backend ({llama.info.dtype}, "
+                                              f"{args.threads} threads)"), "llama.cpp"))
+        engines.append((RawLlamaCpp(Path(llama.llm.model_path), args.threads), None))
+    except Exception as exc:  # a missing runtime is a row left out, and says why
+        print(f"  llama.cpp rows left out: {exc}", file=sys.stderr)
+    ids = long_prompt(loaded.tokenizer, args.data_dir)
+    long_ids = ids[:LONG_TOKENS]
+    ppl_ids = ids[: args.ppl_tokens]
+    rows = [Row(engine.label, name) for engine, _ in engines]
+    print(f"{name}: {len(loaded.tokenizer(PROMPT).input_ids)}-token prompt, "
+          f"{args.new_tokens} new tokens, {args.runs} runs", file=sys.stderr)
+
+    def short(engine: Engine, row: Row) -> Callable[[], None]:
+        return lambda: row.timings.append(engine.short(args.new_tokens))
+
+    def long(engine: Engine, row: Row) -> Callable[[], None]:
+        def call() -> None:
+            fresh = engine.long(long_ids, fresh=True)
+            row.prefill.append(len(long_ids) / fresh)
+            row.regen_ttft.append(engine.long(long_ids, fresh=False))
+        return call
+
+    pairs = list(zip(engines, rows, strict=True))
+    measure(args.runs, [short(e, r) for (e, _), r in pairs])
+    measure(max(1, args.runs // 2), [long(e, r) for (e, _), r in pairs])
+    for row in rows:  # the warm-up runs are not counted
+        row.timings = row.timings[1:]
+        row.prefill, row.regen_ttft = row.prefill[1:], row.regen_ttft[1:]
+    for (engine, backend), row in pairs:
+        if backend is not None:
+            row.ready_s = statistics.median(ready_seconds(spec, backend, args.threads)
+                                            for _ in range(2))
+        if args.ppl_tokens:
+            row.perplexity = engine.perplexity(ppl_ids)
+        print(f"  {row.engine}: {row.decode:.1f} tok/s, TTFT {row.ttft_ms:.0f} ms",
+              file=sys.stderr)
+    if llama is not None:
+        llama.close()
     return rows
 
 
-def _llama_cpp(name: str) -> Any:
-    """llama.cpp on the default model's own gguf, when llama-cpp-python is installed."""
-    if name != "default":
-        return None
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    from repl.models import default_gguf_path
-
-    return Llama(str(default_gguf_path()), n_threads=2, verbose=False)
-
-
 def table(rows: list[Row]) -> str:
-    lines = ["| engine | model | decode tok/s | TTFT ms | x plain (decode) | x plain (TTFT) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| engine | model | decode tok/s | x plain | TTFT ms | x plain TTFT | "
+             f"prefill tok/s @{LONG_TOKENS} | regen TTFT ms @{LONG_TOKENS} | ready s | "
+             "perplexity |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     plain: dict[str, Row] = {}
     for row in rows:
         base = plain.setdefault(row.model, row)
+        prefill = f"{statistics.median(row.prefill):.0f}" if row.prefill else "-"
+        regen = f"{statistics.median(row.regen_ttft) * 1000:.0f}" if row.regen_ttft else "-"
+        ready = f"{row.ready_s:.2f}" if row.ready_s is not None else "-"
+        ppl = f"{row.perplexity:.3f}" if row.perplexity is not None else "-"
         lines.append(
-            f"| {row.engine} | {row.model} | {row.decode:.1f} | {row.ttft_ms:.0f} | "
-            f"{row.decode / base.decode:.2f} | {base.ttft_ms / row.ttft_ms:.2f} |"
-        )
+            f"| {row.engine} | {row.model} | {row.decode:.1f} | {row.decode / base.decode:.2f} "
+            f"| {row.ttft_ms:.0f} | {row.ttft_ms / base.ttft_ms:.2f} | {prefill} | {regen} | "
+            f"{ready} | {ppl} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from repl.engine.llama import default_threads
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per row (median)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per row (median)")
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--models", default="default,gpt2-small",
                         help="comma-separated: default, gpt2-small")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--data-dir", type=Path,
+                        default=ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1",
+                        help="a folder with wiki.test.raw (WikiText-2 raw)")
+    parser.add_argument("--ppl-tokens", type=int, default=4096,
+                        help="tokens of WikiText-2 test to score (0: no perplexity)")
     args = parser.parse_args(argv)
 
     import torch
 
-    rows: list[Row] = []
-    for name in args.models.split(","):
-        loaded = load(name)
-        # Both engines must generate exactly --new-tokens: keep EOS away in the shared config.
-        loaded.model.generation_config.min_new_tokens = args.new_tokens
-        prompt_tokens = len(loaded.tokenizer(PROMPT).input_ids)
-        print(f"{name}: prompt {prompt_tokens} tokens, {args.new_tokens} new tokens, "
-              f"{args.runs} runs", file=sys.stderr)
-        compared = engines(loaded, name)
-        results = measure(args.runs, [lambda call=call: call(args.new_tokens)
-                                      for _, call in compared])
-        for (label, _), timings in zip(compared, results, strict=True):
-            made = {t.new_tokens for t in timings}
-            if made != {args.new_tokens}:
-                print(f"  warning: {label} generated {made} tokens", file=sys.stderr)
-            rows.append(Row(label, name, timings))
-            print(f"  {label}: {rows[-1].decode:.1f} tok/s, TTFT {rows[-1].ttft_ms:.0f} ms",
-                  file=sys.stderr)
-    llama = "installed" if _llama_cpp_available() else "not installed (no row)"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; llama_cpp {llama}; "
-          f"medians of {args.runs} runs, {args.new_tokens} new tokens, greedy")
+    rows = [row for name in args.models.split(",") for row in bench_model(name, args)]
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); medians of "
+          f"{args.runs} runs; {args.new_tokens} new tokens, greedy; perplexity on "
+          f"{args.ppl_tokens} WikiText-2 test tokens in {WINDOW}-token windows; "
+          "x plain TTFT: lower is better")
     print(table(rows))
     return 0
-
-
-def _llama_cpp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/inspect_cost.py [--model default] [--tokens 64] [--rounds 5]
 
 Runs the same generation (same prompt, same seed, sampling with the default preset) through
-`Generator.stream` with and without a `TokenTrace`, on plain `generate()` and on the fast path
-(repl/fast.py, what the default model uses; it is compiled first), alternating off/on each round
-so that load from other processes hits both alike. Prints the median decode rate of each, the
-relative cost, and the time of the recording work alone (softmax + top-10 over the vocabulary).
+`Backend.stream` with and without a `TokenTrace`, on the transformers and llama.cpp backends,
+alternating off/on each round so that load from other processes hits both alike. Prints the
+median decode rate of each, the relative cost, and the time of the recording work alone
+(softmax + top-10 over the vocabulary).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import argparse
 import statistics
 import time
 
-from repl.engine import GenerationRequest, Generator
+from repl.engine import GenerationRequest, Generator, open_backend
+from repl.errors import TextgenError
 from repl.models import load_model
 from repl.params import SamplingParams
 from repl.token_probs import TokenTrace
@@ -32,7 +33,7 @@ def decode_rate(generator: Generator, params: SamplingParams, inspect: bool
     _, stats = generator.generate(GenerationRequest(PROMPT, params, trace=trace))
     cpu = time.process_time() - cpu
     if trace is not None:
-        assert len(trace.steps) >= stats.new_tokens - 1  # the fast path skips a final EOS
+        assert len(trace.steps) >= stats.new_tokens - 1  # a final EOS is recorded too
     assert stats.tokens_per_s is not None
     return stats.tokens_per_s, cpu * 1000 / stats.new_tokens
 
@@ -59,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     loaded = load_model(args.model)
     params = SamplingParams(max_new_tokens=args.tokens, seed=0)
-    paths = [("generate()", Generator(loaded, fast=False))]
-    fast = Generator(loaded)
-    if fast.fast is not None:
-        fast.fast.wait_compiled(600)
-        paths.append(("fast path" if fast.fast.compiled else "fast (eager)", fast))
+    paths = [("transformers", Generator(loaded))]
+    try:
+        paths.append(("llama.cpp", open_backend(args.model, backend="llama.cpp")))
+    except TextgenError as exc:
+        print(f"llama.cpp left out: {exc}")
     print(f"model {loaded.info.name} on {loaded.info.device}/{loaded.info.dtype}, "
           f"{args.tokens} tokens (balanced preset, seed 0), {args.rounds} rounds (median)")
     print(f"{'path':<13} {'off tok/s':>10} {'on tok/s':>10} {'cost':>7} "

@@ -86,24 +86,22 @@ def stall_run(model: str, new_tokens: int) -> dict[str, float]:
             tmux(socket, "kill-server")
 
 
-def _compiled_or_plain(generator) -> bool:
-    """Whether generation now runs at full speed: the fast path compiled (it compiles in the
-    background after the load) or not used."""
-    fast = generator.fast
-    return fast is None or fast.wait_compiled(timeout=0) or fast.error is not None
+def no_eos(generator) -> None:
+    """Make the generation exactly N tokens long, on either backend."""
+    if hasattr(generator, "model"):  # transformers
+        generator.model.generation_config.eos_token_id = None
+    else:  # llama.cpp
+        generator.eos = set()
 
 
 def engine_run(model: str, new_tokens: int, runs: int) -> float:
     """The same generation (prompt, parameters, seed, no EOS) through the engine alone, no UI:
     median decode tokens/s of `runs`."""
-    from repl.engine import GenerationRequest, Generator
-    from repl.models import load_model
+    from repl.engine import GenerationRequest, open_backend
     from repl.params import SamplingParams
 
-    generator = Generator(load_model(model))
-    if generator.fast is not None:
-        generator.fast.wait_compiled()
-    generator.model.generation_config.eos_token_id = None
+    generator = open_backend(model)
+    no_eos(generator)
     request = GenerationRequest(PROMPT, SamplingParams(max_new_tokens=new_tokens, seed=1))
     speeds = [generator.generate(request)[1].tokens_per_s or 0.0 for _ in range(runs)]
     return statistics.median(speeds)
@@ -132,8 +130,8 @@ def child(args: argparse.Namespace) -> int:
                     self.worst_at = (gap, self.last_tick - self.generate_started)
             self.last_tick = now
             generator = self.conversation.generator
-            if self.phase == "load" and generator is not None and _compiled_or_plain(generator):
-                generator.model.generation_config.eos_token_id = None  # exactly N tokens
+            if self.phase == "load" and generator is not None:
+                no_eos(generator)  # exactly N tokens
                 self.phase = "wait"
                 self.prompt.text = PROMPT
                 self.prompt.action_submit()

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,15 +46,27 @@ class ModelInfo:
     device: str
     dtype: str
     has_chat_template: bool
+    # The backend that runs it (repl/engine) and, when it is not the one asked for, why.
+    backend: str = "transformers"
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_note(self, note: str) -> ModelInfo:
+        return replace(self, note=note)
+
+    @property
+    def runs_on(self) -> str:
+        """Backend, device and weight format, e.g. `llama.cpp cpu/Q4_1`."""
+        return f"{self.backend} {self.device}/{self.dtype}"
+
     def summary(self) -> str:
-        """One line for a status bar or a log: name, size, device and dtype, context."""
+        """One line for a status bar or a log: name, size, backend, device and weights, context."""
         context = f"{self.context_length} ctx" if self.context_length else "no ctx limit"
+        note = f" ({self.note})" if self.note else ""
         return (f"{self.name} · {self.parameters / 1e6:.0f}M params · "
-                f"{self.device}/{self.dtype} · {context}")
+                f"{self.runs_on}{note} · {context}")
 
 
 @dataclass
@@ -62,7 +74,6 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     info: ModelInfo
-    fast: bool = True  # generate through repl/fast.py where the model supports it
 
 
 def default_gguf_path() -> Path:
@@ -122,12 +133,30 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 
 
 def pick_device(device: str | None = None) -> str:
-    """`device` if given, else CUDA when present, else CPU."""
+    """`device` if given (TextgenError when torch does not know it or it is not here), else
+    CUDA when present, else CPU."""
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise TextgenError(f"unknown device {device!r}; use cpu, cuda or cuda:N "
+                           "(mps on a Mac).") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TextgenError(f"--device {device}: CUDA is not available on this machine "
+                               "(no GPU, or a CPU-only torch); use --device cpu.")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise TextgenError(f"--device {device}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s).")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise TextgenError(f"--device {device}: MPS is not available on this machine; "
+                           "use --device cpu.")
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise TextgenError(f"--device {device}: textgen runs models on cpu, cuda or mps.")
+    return device
 
 
 def pick_dtype(device: str, dtype: str | None = None) -> torch.dtype:
@@ -178,9 +207,9 @@ def resolve_spec(spec: str) -> tuple[str, Path | str]:
 
 
 def load_model(spec: str = DEFAULT_SPEC, device: str | None = None,
-               dtype: str | None = None, fast: bool = True) -> LoadedModel:
-    """Load a model spec for generation (eval mode, on `device`); TextgenError when it can't.
-    `fast=False` keeps its Generators on plain `generate()` (see repl/fast.py)."""
+               dtype: str | None = None) -> LoadedModel:
+    """Load a model spec into transformers for generation (eval mode, on `device`), or for
+    training and evaluation; TextgenError when it can't. Faces use `repl.engine.open_backend`."""
     kind, where = resolve_spec(spec)
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
@@ -208,7 +237,7 @@ def load_model(spec: str = DEFAULT_SPEC, device: str | None = None,
         dtype=str(torch_dtype).removeprefix("torch."),
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info, fast=fast)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
 
 
 def context_length(config: Any) -> int | None:
@@ -227,12 +256,28 @@ def _load_dir(path: Path, torch_dtype: torch.dtype, **kwargs: Any) -> tuple[Any,
     import repl.architectures  # noqa: F401  (registers textgen's own model types)
 
     hf_logging.disable_progress_bar()  # a bar for a sub-second load is noise in a terminal app
+    import pickle
+
+    where = path / kwargs["gguf_file"] if "gguf_file" in kwargs else path
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except pickle.UnpicklingError:
+        # torch.load(weights_only=True) met an object that is not plain weights. Its advice,
+        # weights_only=False, would run whatever the file says: never follow it for a user.
+        raise TextgenError(
+            f"{where}: refused for safety: its pickle checkpoint (pytorch_model.bin) holds "
+            "more than weights, and loading it could run code. If you trust it, convert it "
+            "once to safetensors: python -c \"import torch; from safetensors.torch import "
+            "save_file; save_file(torch.load('pytorch_model.bin', weights_only=False), "
+            "'model.safetensors')\" in that folder, then remove pytorch_model.bin.") from None
     except (OSError, ValueError, KeyError) as exc:
-        where = path / kwargs["gguf_file"] if "gguf_file" in kwargs else path
         raise TextgenError(f"{where}: cannot load the model: {_first_line(exc)}") from exc
+    except Exception as exc:  # a malformed gguf raises struct.error, IndexError, ...
+        if "gguf_file" not in kwargs:
+            raise
+        raise TextgenError(f"{where}: not a valid gguf file ({type(exc).__name__}: "
+                           f"{_first_line(exc)})") from None
     return model, tokenizer
 
 

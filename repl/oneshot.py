@@ -6,13 +6,15 @@ import argparse
 import json
 import sys
 
+from repl.ending import Terminated, on_exit_signals
 from repl.errors import TextgenError
 from repl.options import (
     add_model_arguments,
     add_sampling_arguments,
+    backend_options,
     params_from_args,
-    wants_fast,
 )
+from repl.safe_text import for_stream, neutralise
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,38 +33,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repl.engine import GenerationRequest, GenerationStats, Generator, Notice
-    from repl.models import load_model
+    from repl.engine import GenerationRequest, GenerationStats, Notice, open_backend
 
-    # A piped prompt loses the newline that echo and editors add at its end.
-    prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
+    prompt = prompt_from_stdin() if args.prompt == "-" else args.prompt
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the locale could not decode, kept as lone surrogates
+        raise TextgenError("the prompt is not valid UTF-8 text.") from None
     params = params_from_args(args)  # validate before the (slower) model load
     if not prompt.strip() and args.chat:
         raise TextgenError("the prompt is empty.")
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype,
-                        fast=wants_fast(args, default=False))
-    params.check_fits(loaded.info.context_length)
-    generator = Generator(loaded)
+    generator = open_backend(args.model, **backend_options(args))
+    params.check_fits(generator.info.context_length)
     if args.chat:
         request = GenerationRequest.chat([{"role": "user", "content": prompt}], params)
     else:
         request = GenerationRequest(prompt=prompt, params=params)
     text: list[str] = []
     stats: GenerationStats | None = None
-    for item in generator.stream(request):
-        if isinstance(item, Notice):
-            print(f"textgen: note: {item.message}", file=sys.stderr)
-        elif isinstance(item, GenerationStats):
-            stats = item
-        else:
-            text.append(item)
-            if not args.json:
-                sys.stdout.write(item)
-                sys.stdout.flush()
-    assert stats is not None
+    stopped_by: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        # SIGTERM/SIGHUP: stop like Ctrl+C, print what there is, then exit 128 + signum.
+        stopped_by.append(signum)
+        generator.cancel()
+
+    with on_exit_signals(on_signal):
+        for item in generator.stream(request):
+            if stopped_by:  # a signal that came before the engine was ready to be cancelled
+                generator.cancel()
+            if isinstance(item, Notice):
+                print(f"textgen: note: {neutralise(item.message)}", file=sys.stderr)
+            elif isinstance(item, GenerationStats):
+                stats = item
+            elif isinstance(item, str):
+                text.append(item)
+                if not args.json:  # JSON escapes control characters itself
+                    sys.stdout.write(for_stream(item, sys.stdout))
+                    sys.stdout.flush()
+    if stats is None:  # the engine ended without its last item: only a signal does that
+        raise Terminated(stopped_by[0] if stopped_by else 15)
     if args.json:
         record = {
-            "model": loaded.info.to_dict(),
+            "model": generator.info.to_dict(),
             "mode": request.mode,
             "prompt": prompt,
             "text": "".join(text),
@@ -73,5 +86,27 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(record, ensure_ascii=False))
     else:
         print()
-        print(f"[{loaded.info.name}] {stats.summary()}", file=sys.stderr)
+        print(f"[{generator.info.name}] {stats.summary()}", file=sys.stderr)
+    if stopped_by:
+        print(f"textgen: stopped by {Terminated(stopped_by[0]).name}", file=sys.stderr)
+        return 128 + stopped_by[0]
     return 0
+
+
+def prompt_from_stdin() -> str:
+    """The whole of stdin as the prompt, decoded as UTF-8 here (the locale might turn bad bytes
+    into lone surrogates), without the newline that echo and editors add at its end."""
+    raw_input = getattr(sys.stdin, "buffer", None)
+    if raw_input is None:  # a text stream (tests)
+        text = sys.stdin.read()
+    else:
+        data = raw_input.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TextgenError(f"stdin is not UTF-8 text (a bad byte at {exc.start + 1}); "
+                               "convert it first, e.g. with iconv.") from None
+    text = text.rstrip("\n")
+    if not text.strip():
+        raise TextgenError("the prompt on stdin is empty; pipe some text in, or give PROMPT.")
+    return text

@@ -3,32 +3,54 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from repl.params import DEFAULT_PRESET, PRESETS, SamplingParams, preset
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, remote_key: bool = True) -> None:
+    """`remote_key=False` leaves out --api-key, for a command whose own --api-key means
+    something else (`textgen api`: the key its clients must bring)."""
     parser.add_argument(
         "--model", "-m", default="default", metavar="SPEC",
         help="`default` (SmolLM2-135M-Instruct, offline), a save_pretrained directory such as "
-             "models/NAME, a .gguf file, or a hub id such as gpt2 (default: %(default)s)",
+             "models/NAME, a .gguf file, a hub id such as gpt2, or an OpenAI-compatible "
+             "server: http://HOST:PORT/v1 or http://HOST:PORT/v1#MODEL (default: %(default)s)",
     )
+    if remote_key:
+        parser.add_argument("--api-key", dest="remote_api_key", metavar="KEY",
+                            help="the key of a server given as --model URL (default: "
+                                 "$OPENAI_API_KEY)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                         help="weights' dtype (default: bf16/fp16 on GPU, fp32 on CPU)")
-    fast = parser.add_mutually_exclusive_group()
-    fast.add_argument("--fast", dest="fast", action="store_true", default=None,
-                      help="the fast CPU path: int8 weights, compiled in the background (default "
-                           "in the TUI and the REPL; `generate` makes one completion and exits "
-                           "before compiling pays, so it stays plain unless told)")
-    fast.add_argument("--no-fast", dest="fast", action="store_false",
-                      help="plain transformers generate()")
+    parser.add_argument("--backend", choices=["auto", "llama.cpp", "transformers"],
+                        default="auto",
+                        help="the engine: llama.cpp (fast on the CPU: gguf weights, converted "
+                             "once), transformers (plain generate(): the reference, and the GPU "
+                             "path), or auto: llama.cpp where it can run the model on the CPU "
+                             "(default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="CPU threads for the llama.cpp backend (default: all cores)")
 
 
-def wants_fast(args: argparse.Namespace, default: bool = True) -> bool:
-    """--fast / --no-fast, else the command's default."""
-    fast = getattr(args, "fast", None)
-    return default if fast is None else fast
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `repl.engine.open_backend` that the command line chose."""
+    return {"device": getattr(args, "device", None), "dtype": getattr(args, "dtype", None),
+            "backend": getattr(args, "backend", "auto") or "auto",
+            "threads": getattr(args, "threads", None),
+            "api_key": getattr(args, "remote_api_key", None)}
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

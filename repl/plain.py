@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
@@ -24,9 +24,11 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.output import create_output
 
 from repl.conversation import Conversation
+from repl.ending import Terminated, on_exit_signals
 from repl.errors import TextgenError
-from repl.options import params_from_args, wants_fast
+from repl.options import backend_options, params_from_args
 from repl.params import PARAM_NAMES, PRESETS, SamplingParams, preset
+from repl.safe_text import for_stream, neutralise, printable
 from repl.session import (
     Session,
     atomic_write,
@@ -38,7 +40,7 @@ from repl.session import (
 if TYPE_CHECKING:
     from prompt_toolkit.key_binding import KeyPressEvent
 
-    from repl.engine import Generator, StreamItem
+    from repl.engine import StreamItem
 
 HISTORY_FILE = ".plain-history"
 
@@ -69,8 +71,7 @@ prompt that starts with /.
 def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
     """Run the REPL until /quit or end of input. `interactive` defaults to stdin being a
     terminal; tests pass True to drive prompt_toolkit through a pipe input."""
-    from repl.engine import Generator
-    from repl.models import load_model
+    from repl.engine import open_backend
 
     sessions_dir = args.sessions_dir or default_sessions_dir()
     spec = args.model
@@ -86,44 +87,78 @@ def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
         session = None
     note("loading model...")
     try:
-        loaded = load_model(spec, device=args.device, dtype=args.dtype,
-                            fast=wants_fast(args))
-    except TextgenError as exc:
+        generator = open_backend(spec, **backend_options(args))
+    except Exception as exc:  # a session's model may be any broken file: never a traceback
         if spec == args.model:
             raise
         # The session's own model is gone (a moved folder): carry on with the one asked for.
         note(f"textgen: note: cannot load the session's model ({exc}); using {args.model}")
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype,
-                            fast=wants_fast(args))
-    params.check_fits(loaded.info.context_length)
-    generator = Generator(loaded)
+        generator = open_backend(args.model, **backend_options(args))
+    params.check_fits(generator.info.context_length)
     if session is None:
-        session = Session(model={"spec": loaded.info.spec, "name": loaded.info.name})
+        session = Session(model={"spec": generator.info.spec, "name": generator.info.name})
     session.params = params
     conversation = Conversation(session, sessions_dir=sessions_dir, path=args.session,
                                 mode="chat" if args.chat else "complete")
     if args.session is not None and not args.chat:
         conversation.open(session, args.session)  # continue in the mode of its last turn
+    if conversation.lock_note:
+        note(f"textgen: note: {conversation.lock_note}")
     conversation.set_generator(generator)
     if interactive is None:
         interactive = sys.stdin.isatty()
-    repl = PlainRepl(conversation, sessions_dir, interactive=interactive)
-    return repl.loop()
+    repl = PlainRepl(conversation, sessions_dir, interactive=interactive,
+                     engine_options=backend_options(args))
+    try:
+        return repl.loop()
+    finally:
+        conversation.close()
+
+
+class PrefillLine:
+    """A long prompt's prefill progress on stderr: one line rewritten in place on a terminal,
+    a line per step otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def show(self, progress: Any) -> None:
+        line = f"textgen: {progress.summary()} (Ctrl+C stops)"
+        if self.tty:
+            sys.stderr.write(f"\r{line}\x1b[K")
+            sys.stderr.flush()
+        else:
+            note(line)
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        self.shown = False
 
 
 def note(message: str) -> None:
-    """A status line for the person (stderr), kept apart from the model's text (stdout)."""
-    print(message, file=sys.stderr, flush=True)
+    """A status line for the person (stderr), kept apart from the model's text (stdout).
+    Never raises: a closed terminal (SIGHUP) must not stop the session from being saved."""
+    with contextlib.suppress(OSError, ValueError):
+        print(printable(message, sys.stderr), file=sys.stderr, flush=True)
 
 
 class PlainRepl:
     def __init__(self, conversation: Conversation, sessions_dir: Path, *, interactive: bool,
-                 out: TextIO | None = None) -> None:
+                 out: TextIO | None = None, engine_options: dict[str, Any] | None = None
+                 ) -> None:
         self.conversation = conversation
+        self.engine_options = engine_options or {}  # how /model opens a model
         self.sessions_dir = sessions_dir
         self.interactive = interactive
         self.out = out or sys.stdout
         self.running = True
+        self.generating = False
+        self.terminating: int | None = None  # the signal that asked us to end
+        self.refused_input = False  # a line was not UTF-8: the exit status says so
         self.commands: dict[str, Callable[[str], None]] = {
             "regen": self.cmd_regen, "alt": self.cmd_alt, "continue": self.cmd_continue,
             "set": self.cmd_set, "preset": self.cmd_preset, "params": self.cmd_params,
@@ -136,23 +171,47 @@ class PlainRepl:
     # --- the loop ------------------------------------------------------------------------------
 
     def loop(self) -> int:
-        info = self.conversation.generator.info if self.conversation.generator else None
-        if info is not None:
-            note(f"{info.summary()} · {self.conversation.mode} mode · /help lists commands")
-        if self.conversation.session.turns:
-            count = len(self.conversation.session.turns)
-            note(f"resumed {count} turn{'s' if count > 1 else ''} from {self.conversation.path}")
-        for line in self._lines():
-            self.handle(line)
-            if not self.running:
-                break
-        self._goodbye()
-        return 0
+        """Read and run lines until /quit, end of input or SIGTERM/SIGHUP. The exit status is
+        0, 128 + the signal's number, or 1 when the session could not be saved or input was
+        refused."""
+        with self._signals_end_the_loop():
+            try:
+                info = self.conversation.generator.info if self.conversation.generator else None
+                if info is not None:
+                    note(f"{info.summary()} · {self.conversation.mode} mode · /help lists "
+                         "commands")
+                if self.conversation.session.turns:
+                    count = len(self.conversation.session.turns)
+                    note(f"resumed {count} turn{'s' if count > 1 else ''} from "
+                         f"{self.conversation.path}")
+                for line in self._lines():
+                    self.handle(line)
+                    if not self.running or self.terminating:
+                        break
+            except Terminated:
+                pass
+            if self.terminating or self.conversation.save_error:
+                self.conversation.save()  # a save the signal cut short, or a retry
+            self._goodbye()
+        if self.terminating:
+            return 128 + self.terminating
+        return 1 if self.conversation.save_error or self.refused_input else 0
+
+    def _signals_end_the_loop(self) -> contextlib.AbstractContextManager[None]:
+        """SIGTERM/SIGHUP: a running generation is stopped (and kept, as `cancelled`) and the
+        loop ends after it; at the prompt the loop ends at once."""
+        def on_signal(signum: int) -> None:
+            first = self.terminating is None
+            self.terminating = signum
+            self.conversation.cancel()
+            if first and not self.generating:
+                raise Terminated(signum)
+
+        return on_exit_signals(on_signal)
 
     def _lines(self) -> Iterator[str]:
         if not self.interactive:
-            for line in sys.stdin:
-                yield line.rstrip("\r\n")
+            yield from self._piped_lines()
             return
         prompt = self._prompt_session()
         while True:
@@ -162,6 +221,24 @@ class PlainRepl:
                 continue
             except EOFError:
                 return
+
+    def _piped_lines(self) -> Iterator[str]:
+        """Lines from a pipe, decoded as UTF-8 here (not by the locale, which may turn bad
+        bytes into lone surrogates): a line that is not UTF-8 is refused with one message."""
+        raw_input = getattr(sys.stdin, "buffer", None)
+        if raw_input is None:  # a text stream (tests)
+            for line in sys.stdin:
+                yield line.rstrip("\r\n")
+            return
+        for number, raw in enumerate(raw_input, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.refused_input = True
+                note(f"textgen: error: input line {number} is not UTF-8 text (a bad byte at "
+                     f"{exc.start + 1}); skipped it")
+                continue
+            yield line.rstrip("\r\n")
 
     def _prompt_session(self) -> PromptSession[str]:
         bindings = KeyBindings()
@@ -193,6 +270,8 @@ class PlainRepl:
 
     def _goodbye(self) -> None:
         conversation = self.conversation
+        if self.terminating:
+            note(f"textgen: stopped by {signal.Signals(self.terminating).name}")
         if conversation.save_error:
             note(f"textgen: the session could NOT be saved: {conversation.save_error}")
         elif conversation.path is not None and conversation.session.turns:
@@ -202,15 +281,20 @@ class PlainRepl:
 
     def generate(self, stream: Iterator[StreamItem]) -> None:
         """Print the stream as it comes; Ctrl+C cancels it (the engine stops within a token)."""
-        from repl.engine import GenerationStats, Notice
+        from repl.engine import GenerationStats, Notice, Progress
 
         stats: GenerationStats | None = None
         ended_with_newline = True
+        prefill = PrefillLine()
+        self.generating = True
         with self._ctrl_c_cancels():
             try:
                 for item in stream:
+                    if self.terminating:  # a cancel that came before the engine was ready
+                        self.conversation.cancel()
                     if isinstance(item, str):
-                        self.out.write(item)
+                        prefill.clear()
+                        self.out.write(for_stream(item, self.out))
                         self.out.flush()
                         ended_with_newline = item.endswith("\n")
                     elif isinstance(item, Notice):
@@ -219,6 +303,8 @@ class PlainRepl:
                             self.out.flush()
                             ended_with_newline = True
                         note(f"textgen: note: {item.message}")
+                    elif isinstance(item, Progress):
+                        prefill.show(item)
                     elif isinstance(item, GenerationStats):
                         stats = item
             except (TextgenError, ValueError):
@@ -226,7 +312,9 @@ class PlainRepl:
             except Exception as exc:  # the text so far is already recorded and saved
                 raise TextgenError(f"generation failed: {exc}") from exc
             finally:
+                self.generating = False
                 stream.close()  # type: ignore[attr-defined]
+                prefill.clear()
                 if not ended_with_newline:
                     self.out.write("\n")
                     self.out.flush()
@@ -268,7 +356,7 @@ class PlainRepl:
         if not rest:
             for i, completion in enumerate(turn.completions):
                 mark = "*" if i == turn.selected else " "
-                text = " ".join(completion.text.split())
+                text = neutralise(" ".join(completion.text.split()))
                 self._say(f"{mark} {i + 1}: {text[:70]}{'…' if len(text) > 70 else ''}")
             return
         try:
@@ -276,8 +364,7 @@ class PlainRepl:
         except ValueError:
             raise TextgenError(f"/alt takes an alternative number, not {rest!r}.") from None
         completion = self.conversation.select(number - 1)
-        self.out.write(completion.text + "\n")
-        self.out.flush()
+        self._say(completion.text)
         note(f"[alternative {number}/{len(turn.completions)} selected]")
         self._report_save_error()
 
@@ -313,9 +400,7 @@ class PlainRepl:
             target = Path(rest).expanduser()
             if target.exists() and target != conversation.path:
                 raise TextgenError(f"{target} already exists; choose another name.")
-            previous, conversation.path = conversation.path, target
-            if error := conversation.save():
-                conversation.path = previous  # keep autosaving where it worked
+            if error := conversation.save_as(target):  # else it keeps saving where it did
                 raise TextgenError(error)
         else:
             if not conversation.session.turns and conversation.path is None:
@@ -328,11 +413,15 @@ class PlainRepl:
         if not rest:
             raise TextgenError("usage: /load FILE")
         path = Path(rest).expanduser()
+        self._keep_unsaved()
         session = load_session(path)
         current = self.conversation.generator
         if current is not None:
             session.params.check_fits(current.info.context_length)
         self.conversation.open(session, path)
+        if self.conversation.lock_note:
+            note(f"textgen: note: {self.conversation.lock_note}")
+            self.conversation.lock_note = None
         if current is not None and session.model.get("spec") != current.info.spec:
             note(f"this session was made with {session.model.get('spec')}; generating "
                  f"with {current.info.spec} from now on (/model SPEC switches).")
@@ -342,10 +431,10 @@ class PlainRepl:
         turn = self.conversation.last_turn
         if turn is not None and turn.completion is not None:
             self._say(f"{turn.mode}> {turn.prompt}")
-            self.out.write(turn.completion.text + "\n")
-            self.out.flush()
+            self._say(turn.completion.text)
 
     def cmd_new(self, rest: str) -> None:
+        self._keep_unsaved()
         generator = self.conversation.generator
         model = ({"spec": generator.info.spec, "name": generator.info.name} if generator
                  else dict(self.conversation.session.model))
@@ -368,18 +457,24 @@ class PlainRepl:
         note(f"exported to {path}")
 
     def cmd_model(self, rest: str) -> None:
-        from repl.engine import Generator
-        from repl.models import load_model
+        from repl.engine import open_backend
 
         if not rest:
             raise TextgenError("usage: /model SPEC (default, models/NAME, a .gguf file, gpt2)")
         note("loading model...")
-        loaded = load_model(rest)
-        self.conversation.params.check_fits(loaded.info.context_length)
-        old: Generator | None = self.conversation.generator
-        self.conversation.set_generator(Generator(loaded))
-        del old  # the previous model's memory goes with its last reference
-        note(loaded.info.summary())
+        try:
+            generator = open_backend(rest, **self.engine_options)
+        except (TextgenError, ValueError):
+            raise
+        except Exception as exc:  # whatever a broken model file raises, the REPL carries on
+            raise TextgenError(f"{rest}: cannot load the model: {type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]}") from None
+        self.conversation.params.check_fits(generator.info.context_length)
+        old = self.conversation.generator
+        self.conversation.set_generator(generator)
+        if old is not None:
+            old.close()  # free the previous model's memory now, not at the next collection
+        note(generator.info.summary())
 
     def cmd_replay(self, rest: str) -> None:
         """Not recorded: it only shows that a stored completion can be made again exactly."""
@@ -410,8 +505,7 @@ class PlainRepl:
                     for item in generator.stream(request):
                         if isinstance(item, str):
                             pieces.append(item)
-                            self.out.write(item)
-                            self.out.flush()
+                            self._write(item)
                         elif isinstance(item, GenerationStats):
                             finish = item.finish_reason
                     if finish == "cancelled":
@@ -459,8 +553,19 @@ class PlainRepl:
         return describe_params(self.conversation.params)
 
     def _say(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        """Text for stdout: exact into a file or pipe, control sequences shown (not obeyed)
+        on a terminal."""
+        self.out.write(for_stream(text, self.out))
         self.out.flush()
+
+    def _keep_unsaved(self) -> None:
+        try:
+            self.conversation.keep_unsaved()
+        except TextgenError as exc:
+            raise TextgenError(f"{exc} (/save FILE writes it elsewhere)") from None
 
     def _report_save_error(self) -> None:
         if self.conversation.save_error:

@@ -105,10 +105,6 @@ def test_chat_on_the_default_model_replays_exactly(default_loaded):
     from repl.engine import Generator
 
     generator = Generator(default_loaded)
-    if generator.fast is not None:
-        # Eager and compiled int8 steps sum in different orders: a sampled near-tie can flip
-        # between a completion made before compiling finished and its replay after.
-        assert generator.fast.wait_compiled(timeout=240), generator.fast.error
     conv = conversation(generator)
     conv.params = conv.params.replace(max_new_tokens=8)
     conv.mode = "chat"

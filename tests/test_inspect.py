@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repl.conversation import Conversation
-from repl.engine import GenerationRequest, Generator
+from repl.engine import Backend, GenerationRequest, Generator
 from repl.params import SamplingParams
 from repl.session import Session, load_session
 from repl.token_probs import TokenTrace, token_spans
@@ -24,16 +24,17 @@ def recompute(loaded, prompt_ids: list[int], new_ids: list[int]) -> torch.Tensor
 
 
 def check_trace(loaded, prompt: str, params: SamplingParams, temperature: float,
-                top_k: int = 0, fast: bool | None = None, rel: float = 2e-3,
+                top_k: int = 0, generator: Backend | None = None, rel: float = 2e-3,
                 absolute: float = 1e-7) -> None:
     """The recorded probabilities are the model's softmax (at `temperature`, renormalised over
-    the `top_k` best when given), recomputed here with one forward pass."""
-    generator = Generator(loaded, fast=fast)
+    the `top_k` best when given), recomputed here with one fp32 forward pass of `loaded`.
+    `generator` (default: transformers on `loaded`) is the backend that generates."""
+    generator = generator or Generator(loaded)
     trace = TokenTrace()
     request = GenerationRequest(prompt, params, trace=trace)
     text, stats = generator.generate(request)
     prompt_ids = generator.encode(request)[0]
-    assert stats.new_tokens - 1 <= len(trace.steps) <= stats.new_tokens  # fast path: no EOS
+    assert len(trace.steps) == stats.new_tokens
     assert len(trace.steps) > 3
     logits = recompute(loaded, prompt_ids, trace.ids)[: len(trace.steps)] / temperature
     if top_k:
@@ -72,14 +73,25 @@ def test_inspect_does_not_change_what_is_sampled(tiny_loaded):
     assert traced == plain
 
 
+def test_trace_on_llama_cpp_is_the_processed_distribution(tiny_loaded, tiny_llama):
+    """llama.cpp runs the tiny GPT-2 converted to q8_0: its recorded probabilities are the
+    processed softmax of its own logits, within q8_0's error of the fp32 forward pass."""
+    params = SamplingParams(seed=4, max_new_tokens=16, **{**PLAIN, "temperature": 0.5,
+                                                          "top_k": 5})
+    check_trace(tiny_loaded, "Once upon", params, 0.5, top_k=5, generator=tiny_llama,
+                rel=0.0, absolute=0.05)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fast", [False, True], ids=["generate", "fast-path"])
-def test_trace_on_the_default_model(default_loaded, fast):
-    """Exact on generate(); the fast path (repl/fast.py) runs int8 weights, so its
-    probabilities (its own model: int8 weights) stay within 0.1 of the fp32 forward pass."""
+@pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
+def test_trace_on_the_default_model(default_loaded, default_llama, backend):
+    """Exact on transformers; llama.cpp runs the Q4_1 weights with 8-bit activations, so its
+    probabilities stay within 0.1 of the fp32 forward pass."""
+    llama = backend == "llama.cpp"
     check_trace(default_loaded, "The capital of France is", SamplingParams(
         seed=3, max_new_tokens=12, **{**PLAIN, "temperature": 0.7, "top_k": 20}), 0.7,
-        top_k=20, fast=fast, **({"rel": 0.0, "absolute": 0.1} if fast else {}))
+        top_k=20, generator=default_llama if llama else None,
+        **({"rel": 0.0, "absolute": 0.1} if llama else {}))
 
 
 def test_inspect_off_records_nothing(tiny_loaded, tmp_path):

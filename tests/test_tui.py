@@ -30,12 +30,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def slow_loaded(tiny_model_dir):
-    """The tiny model on the plain path at ~10 ms a token: the tests that press keys while a
-    generation runs need it still running (compiled, the tiny model finishes 240 tokens
+    """The tiny model on the transformers backend at ~10 ms a token: the tests that press keys
+    while a generation runs need it still running (unslowed, the tiny model finishes 240 tokens
     between two polls of the pilot)."""
     from repl.models import load_model
 
-    loaded = load_model(str(tiny_model_dir), device="cpu", fast=False)
+    loaded = load_model(str(tiny_model_dir), device="cpu")
     loaded.model.register_forward_hook(lambda *args: time.sleep(0.01))
     return loaded
 

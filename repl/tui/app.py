@@ -9,6 +9,8 @@ Every action records into the session and autosaves through `Conversation`.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import sys
 import threading
@@ -24,21 +26,32 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from repl.conversation import Conversation
-from repl.engine import GenerationRequest, GenerationStats, Generator, Notice, StreamItem
+from repl.ending import EXIT_SIGNALS
+from repl.engine import (
+    Backend,
+    GenerationRequest,
+    GenerationStats,
+    Notice,
+    Progress,
+    StreamItem,
+    TransformersBackend,
+)
 from repl.errors import TextgenError
 from repl.params import PARAM_NAMES, SamplingParams
 from repl.session import Mode, Session, default_sessions_dir, load_session
+from repl.tui.clipboard import system_copy, write_copy
 from repl.tui.compare import CompareActions
+from repl.tui.footer import FittingFooter
 from repl.tui.inspect_view import InspectActions
 from repl.tui.job import Job
 from repl.tui.prompt import PromptInput
+from repl.tui.quit_dialog import QuitTrainingScreen
 from repl.tui.sampling import SamplingPanel
 from repl.tui.screens import HelpScreen, ModelScreen
 from repl.tui.status import StatusBar
-from repl.tui.train_screen import TrainActions
+from repl.tui.train_screen import TrainActions, TrainingRun
 from repl.tui.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
@@ -82,7 +95,7 @@ COMMAND_NAMES = {
 
 
 class ModelLoaded(Message):
-    def __init__(self, spec: str, generator: Generator) -> None:
+    def __init__(self, spec: str, generator: Backend) -> None:
         super().__init__()
         self.spec = spec
         self.generator = generator
@@ -162,12 +175,14 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                  dtype: str | None = None, params: SamplingParams | None = None,
                  mode: Mode = "complete", session: Session | None = None,
                  session_path: Path | None = None, sessions_dir: Path | None = None,
-                 loaded: LoadedModel | None = None, fast: bool = True) -> None:
+                 loaded: LoadedModel | None = None, backend: str = "auto",
+                 threads: int | None = None, api_key: str | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.device = device
-        self.dtype = dtype
-        self.fast = fast
+        # How every model of this app is opened (the chat's, the switch's, compare's);
+        # api_key: for a URL spec's server (repl/engine/remote.py).
+        self.engine_options = {"device": device, "dtype": dtype, "backend": backend,
+                               "threads": threads, "api_key": api_key}
         self.loaded = loaded
         self.sessions_dir = sessions_dir
         if session is None:
@@ -176,10 +191,13 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.conversation = Conversation(session, sessions_dir=sessions_dir, path=session_path,
                                          mode=mode)
         self.job: Job | None = None
-        self.pending_generator: Generator | None = None
+        self.pending_generator: Backend | None = None
         self.quit_after_job = False
+        self.exit_signal: int | None = None  # SIGTERM/SIGHUP ended the app
         self.queued_prompt: str | None = None  # submitted while the model was still loading
         self.loader: threading.Thread | None = None
+        self._toasts_until: dict[str, float] = {}  # message -> when its toast goes away
+        self._quit_asked = False
 
     # --- layout -------------------------------------------------------------------------------
 
@@ -190,7 +208,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                 yield PromptInput(id="prompt")
             yield SamplingPanel(self.conversation.params, self.conversation.mode, id="sampling")
         yield StatusBar(id="status")
-        yield Footer(compact=True)
+        yield FittingFooter(compact=True)
 
     @property
     def transcript(self) -> Transcript:
@@ -215,10 +233,32 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.prompt.focus()
         self._frame_timer = self.set_interval(FRAME_S, self._show_new_text, pause=True)
         self._status_shown_at = 0.0
+        self._catch_exit_signals()
+        if self.conversation.lock_note:
+            self.notify(self.conversation.lock_note, title="Opened as a copy",
+                        severity="warning", timeout=15)
         if self.loaded is not None:
-            self._use_generator(Generator(self.loaded))
+            self._use_generator(TransformersBackend(self.loaded))
         else:
             self._start_load(self.spec)
+
+    def _catch_exit_signals(self) -> None:
+        """SIGTERM and SIGHUP end the app like Ctrl+Q: a running generation is stopped and kept
+        (as `cancelled`) first, and the exit status is 128 + the signal's number."""
+        loop = asyncio.get_running_loop()
+        for signum in EXIT_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, self._exit_signal, signum)
+
+    def _exit_signal(self, signum: int) -> None:
+        self.exit_signal = signum
+        self.call_later(self.action_quit)
+
+    def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            for signum in EXIT_SIGNALS:
+                loop.remove_signal_handler(signum)
 
     # --- model loading ------------------------------------------------------------------------
 
@@ -240,10 +280,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def _load_model(self, spec: str) -> None:
         """Loader thread: torch and transformers are imported here, never on the UI thread."""
         try:
-            from repl.models import load_model
-
-            loaded = load_model(spec, device=self.device, dtype=self.dtype, fast=self.fast)
-            generator = Generator(loaded)
+            generator = self.open_model(spec)
             warm_up(generator)
         except Exception as exc:  # any failure is shown, the app keeps running
             message = str(exc) if isinstance(exc, TextgenError | ValueError) else (
@@ -251,6 +288,12 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.post_message(ModelFailed(spec, message))
             return
         self.post_message(ModelLoaded(spec, generator))
+
+    def open_model(self, spec: str) -> Backend:
+        """Load `spec` the one way this app loads models (call it from a worker thread)."""
+        from repl.engine import open_backend
+
+        return open_backend(spec, **self.engine_options)
 
     @on(ModelLoaded)
     def _model_loaded(self, message: ModelLoaded) -> None:
@@ -275,11 +318,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.notify(f"{message.error}\nCtrl+L picks another model.",
                     title=f"Could not load {message.spec}", severity="error", timeout=15)
 
-    def _use_generator(self, generator: Generator) -> None:
+    def _use_generator(self, generator: Backend) -> None:
         self.conversation.set_generator(generator)
         info = generator.info
         self.status.model = info.name
-        self.status.device = f"{info.device}/{info.dtype}"
+        self.status.device = info.runs_on + (f" ({info.note})" if info.note else "")
         self.status.context_size = info.context_length
         self.status.busy = ""
         self.panel.context_length = info.context_length
@@ -292,7 +335,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
 
     @on(PromptInput.Submitted)
     def _submitted(self, event: PromptInput.Submitted) -> None:
-        if self._refuse_while_busy():
+        if self._refuse_while_busy() or self._refuse_invalid_params():
             return
         text = event.text
         if self.conversation.mode == "chat" and not text.strip():
@@ -322,7 +365,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self._act("continue", self.conversation.continue_)
 
     def _act(self, kind: str, start) -> None:
-        if self._refuse_while_busy():
+        if self._refuse_while_busy() or self._refuse_invalid_params():
             return
         view = self.transcript.last_view()
         try:
@@ -335,9 +378,31 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
 
     def _refuse_while_busy(self) -> bool:
         if self.job is not None:
-            self.notify("A generation is running; Esc stops it.", severity="warning")
+            self._notify_once("A generation is running; Esc stops it.", severity="warning")
             return True
         return False
+
+    def _notify_once(self, message: str, **kwargs) -> None:
+        """A toast that is not stacked again while the same one is still on screen (keys
+        pressed during a generation once stacked nine copies)."""
+        timeout = kwargs.setdefault("timeout", self.NOTIFICATION_TIMEOUT)
+        now = time.monotonic()
+        if self._toasts_until.get(message, 0.0) > now:
+            return
+        self._toasts_until[message] = now + timeout
+        self.notify(message, **kwargs)
+
+    def _refuse_invalid_params(self) -> bool:
+        """A sampling field that does not hold a valid value: say which, focus it, and do not
+        generate (with the last valid value the user no longer sees)."""
+        problem = self.panel.invalid()
+        if problem is None:
+            return False
+        field, reason = problem
+        self._notify_once(f"{reason}. Fix it (or Esc it back) before generating.",
+                          title="Sampling value not valid", severity="error")
+        field.focus()
+        return True
 
     def _begin(self, kind: str, view: TurnView, stream: Iterator[StreamItem]) -> None:
         self.job = Job(kind=kind, view=view)
@@ -346,7 +411,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.status.tokens_per_s = None
         self.status.finish = ""
         self._frame_timer.resume()
-        self._consume(stream, self.job, self._prompt_estimate(kind))
+        self._consume(stream, self.job, self._prompt_estimate(kind),
+                      self.conversation.last_request)
 
     def _prompt_estimate(self, kind: str) -> str:
         """Text standing in for the prompt, to estimate the context used while generating."""
@@ -358,11 +424,12 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         return f"{history} {turn.prompt}{continuing}"
 
     @work(thread=True, group="generate", exit_on_error=False)
-    def _consume(self, stream: Iterator[StreamItem], job: Job, prompt_text: str) -> None:
+    def _consume(self, stream: Iterator[StreamItem], job: Job, prompt_text: str,
+                 request: GenerationRequest | None = None) -> None:
         """Worker thread: read the stream to its end; the Conversation records and saves."""
         generator = self.conversation.generator
         assert generator is not None
-        prompt_tokens = self._count(generator, prompt_text)
+        prompt_tokens = self._count(generator, prompt_text, request)
         job.live_tokens = 0
         job.prompt_tokens = prompt_tokens
         try:
@@ -375,6 +442,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                     # the final stats give the exact count.
                     job.add(item)
                     job.live_tokens += 1
+                elif isinstance(item, Progress):
+                    job.prefill = item
                 elif isinstance(item, Notice):
                     self.post_message(GenerationNotice(item.message))
                 elif isinstance(item, GenerationStats):
@@ -386,10 +455,16 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.post_message(GenerationDone(job))
 
     @staticmethod
-    def _count(generator: Generator, text: str) -> int:
+    def _count(generator: Backend, text: str, request: GenerationRequest | None = None) -> int:
+        """The prompt's tokens as the backend encodes `request` (chat template included),
+        else the raw text's count."""
+        # An estimate only: never worth failing a generation for.
+        if request is not None:
+            with contextlib.suppress(Exception):
+                return len(generator.encode(request)[0])
         try:
             return generator.count_tokens(text)
-        except Exception:  # an estimate only; never worth failing a generation for
+        except Exception:
             return 0
 
     def _show_new_text(self) -> None:
@@ -410,6 +485,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if now - self._status_shown_at < STATUS_S:
             return
         self._status_shown_at = now
+        if job.prefill is not None and job.first_chunk_at is None:
+            self.status.busy = f"{job.prefill.summary()} · Esc stops"
+        elif job.prefill is not None:
+            job.prefill = None
+            self.status.busy = "generating · Esc stops"
         rate = job.live_rate()
         if rate is not None:
             self.status.tokens_per_s = rate
@@ -480,16 +560,20 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.status.tokens_per_s = stats.tokens_per_s if stats else None
             self.status.context_used = stats.prompt_tokens + stats.new_tokens if stats else None
 
-    def action_new(self) -> None:
+    async def action_new(self) -> None:
         if self._refuse_while_busy():
             return
         old = self.conversation
-        old.save()
+        if old.save() and old.session.turns:  # a full disk: its turns exist only here
+            self.notify(f"{old.save_error}\nThe session stays open, so no turn is lost.",
+                        title="Could not save", severity="error", timeout=15)
+            return
+        old.close()
         session = Session(model=dict(old.session.model), params=self.panel.params)
         self.conversation = Conversation(session, old.generator, sessions_dir=self.sessions_dir,
                                          mode=old.mode)
         self.conversation.inspect = old.inspect
-        self.transcript.load([])
+        await self.transcript.load([])
         self.prompt.clear()
         self.prompt.focus()
         self.status.finish = ""
@@ -540,9 +624,23 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if completion is None:
             self.notify("Nothing to copy yet.", severity="warning")
             return
-        self.copy_to_clipboard(completion.text)
-        self.notify(f"Copied {len(completion.text)} characters (alternative "
-                    f"{turn.selected + 1}).")
+        text = completion.text
+        what = f"{len(text)} characters (alternative {turn.selected + 1})"
+        self.copy_to_clipboard(text)  # OSC 52: the terminal may or may not obey it
+        tool = system_copy(text)
+        if tool is not None:
+            self.notify(f"Copied {what} to the system clipboard ({tool}).")
+            return
+        path = (self.sessions_dir or default_sessions_dir()) / "copied.txt"
+        try:
+            write_copy(text, path)
+        except OSError as exc:
+            self.notify(f"Asked the terminal to copy {what} (OSC 52; tmux and some terminals "
+                        f"ignore it). Writing {path} failed too: {exc}", severity="warning",
+                        timeout=12)
+            return
+        self.notify(f"Asked the terminal to copy {what} (OSC 52; tmux and some terminals "
+                    f"ignore it), and wrote them to {path}.", timeout=12)
 
     def action_switch_model(self) -> None:
         def chosen(spec: str | None) -> None:
@@ -570,7 +668,15 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.notify(str(exc), title="Cannot open the session", severity="error")
             return
         self.conversation.save()
-        self.conversation.open(session, path)
+        try:
+            self.conversation.open(session, path)
+        except TextgenError as exc:  # the current session could not be saved
+            self.notify(str(exc), title="Cannot open the session", severity="error", timeout=15)
+            return
+        if self.conversation.lock_note:
+            self.notify(self.conversation.lock_note, title="Opened as a copy",
+                        severity="warning", timeout=15)
+            self.conversation.lock_note = None
         self.panel.set_params(session.params)
         self._set_mode(self.conversation.mode)
         self.transcript.load(session.turns)
@@ -592,12 +698,34 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         return keys + EXTRA_KEYS
 
     async def action_quit(self) -> None:
+        run = self.running_training()
+        if run is not None and self.exit_signal is None and not self._quit_asked:
+            self._quit_asked = True  # a second Ctrl+Q quits at once (the trainer is told)
+
+            def answered(answer: str | None) -> None:
+                self._quit_asked = answer == "stop"  # while it stops, Ctrl+Q quits at once
+                if answer == "stop":
+                    self._quit_after_training(run)
+
+            self.push_screen(QuitTrainingScreen(run.step, str(run.output)), answered)
+            return
         if self.job is not None:
             self.quit_after_job = True
             self.action_stop()
             self.set_timer(3.0, partial(self.exit, 0))  # never hang on a stuck worker
             return
         self.exit(0)
+
+    def _quit_after_training(self, run: TrainingRun) -> None:
+        """Stop the trainer (SIGINT: it saves a checkpoint), then quit once it has exited."""
+        run.cancel()
+        self.status.busy = f"stopping the trainer: saving a checkpoint in {run.output} …"
+
+        def check() -> None:
+            if run.returncode is not None:
+                self.call_later(self.action_quit)
+
+        self.set_interval(0.2, check)
 
     def _show_path(self) -> None:
         path = self.conversation.path
@@ -619,17 +747,19 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                                 partial(self.run_action, binding.action))
 
 
-def warm_up(generator: Generator) -> None:
+def warm_up(generator: Backend) -> None:
     """Generate two tokens, so the generation path's lazy imports and first-call set-up happen
     here, in the loading worker, and not as a UI stall at the start of the user's first
     generation (measured: ~0.7 s on a busy 2-core machine without it)."""
-    generator.generate(GenerationRequest(prompt="Hello",
-                                         params=SamplingParams(max_new_tokens=2, seed=0)))
+    # Greedy: on llama.cpp it needs no torch, so the model is ready before torch is imported.
+    params = SamplingParams(max_new_tokens=2, seed=0, do_sample=False, temperature=0.0)
+    generator.generate(GenerationRequest(prompt="Hello", params=params))
+    generator.clear_cache()  # the user's first prompt starts from an empty cache
 
 
 def run(args: argparse.Namespace) -> int:
     """`textgen` on a terminal: open the TUI (on a resumed session with --session FILE)."""
-    from repl.options import params_from_args, wants_fast
+    from repl.options import backend_options, params_from_args
 
     params = params_from_args(args)
     sessions_dir = args.sessions_dir or default_sessions_dir()
@@ -648,12 +778,28 @@ def run(args: argparse.Namespace) -> int:
             mode = session.turns[-1].mode
         if spec == "default" and session.model.get("spec"):
             spec = session.model["spec"]  # reopen with the model it was made with
-    app = TextgenApp(spec, device=args.device, dtype=args.dtype, params=params, mode=mode,
-                     session=session, session_path=args.session, sessions_dir=sessions_dir,
-                     fast=wants_fast(args))
+    app = TextgenApp(spec, params=params, mode=mode, session=session,
+                     session_path=args.session, sessions_dir=sessions_dir,
+                     **backend_options(args))
     result = app.run()
+    status = _exit_status(app, result or 0)
     if app.loading:  # quit while a model was loading: do not wait for torch to finish
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(result or 0)  # the session is saved already; the terminal is restored
-    return result or 0
+        os._exit(status)  # the session is saved already; the terminal is restored
+    return status
+
+
+def _exit_status(app: TextgenApp, result: int) -> int:
+    """128 + the signal that ended the app; else 1 when the session could not be saved (after
+    one more try, now that the app is gone), said on stderr; else the app's own result."""
+    conversation = app.conversation
+    if conversation.save_error:
+        conversation.save()
+    conversation.close()
+    if conversation.save_error:
+        print(f"textgen: the session could NOT be saved: {conversation.save_error}",
+              file=sys.stderr)
+    if app.exit_signal is not None:
+        return 128 + app.exit_signal
+    return 1 if conversation.save_error else result

@@ -11,6 +11,7 @@ worker thread and kept for later comparisons.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,14 +24,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from repl.engine import GenerationStats, Generator, Notice
+from repl.engine import Backend, GenerationStats, Notice
 from repl.errors import TextgenError
 from repl.params import PRESETS, SamplingParams
 from repl.tui import served
 
 if TYPE_CHECKING:
     from repl.conversation import Conversation
-    from repl.models import LoadedModel
 
 FRAME_S = 1 / 20
 
@@ -95,18 +95,20 @@ class CompareScreen(Screen[None]):
                 tooltip="Stop the running comparison; otherwise back to the chat"),
     ]
 
-    def __init__(self, conversation: Conversation, models: dict[str, LoadedModel],
-                 prompt: str = "", left: str | None = None, right: str | None = None,
+    def __init__(self, conversation: Conversation, models: dict[str, Backend],
+                 open_model: Callable[[str], Backend], prompt: str = "",
+                 left: str | None = None, right: str | None = None,
                  right_params: str = "") -> None:
         super().__init__()
         self.conversation = conversation
-        self.models = models  # spec -> loaded model, shared with the app
+        self.models = models  # spec -> opened backend, shared with the app
+        self.open_model = open_model  # the app's one way of opening a model
         generator = conversation.generator
         current = generator.info.spec if generator is not None else "default"
         self.initial = (prompt, left or current, right or current,
                         right_params or ("" if right and right != current else "greedy"))
         self.buffers = [SideBuffer(), SideBuffer()]
-        self.generators: list[Generator] = []
+        self.generators: list[Backend] = []
         self.running = False
         self.cancel_requested = False
         self.runs = 0  # comparisons finished (or failed) on this screen
@@ -172,7 +174,7 @@ class CompareScreen(Screen[None]):
         """Worker thread: load what is missing, then stream both sides into their buffers."""
         error = None
         try:
-            self.generators = [Generator(self._loaded(spec)) for spec, _ in sides]
+            self.generators = [self._backend(spec) for spec, _ in sides]
             for buffer in self.buffers:
                 buffer.meta = "waiting"
             stream = self.conversation.compare(
@@ -195,14 +197,12 @@ class CompareScreen(Screen[None]):
         finally:
             self.post_message(CompareDone(error))
 
-    def _loaded(self, spec: str) -> LoadedModel:
+    def _backend(self, spec: str) -> Backend:
         generator = self.conversation.generator
         if generator is not None and spec == generator.info.spec:
-            return generator.loaded
+            return generator
         if spec not in self.models:
-            from repl.models import load_model
-
-            self.models[spec] = load_model(spec)
+            self.models[spec] = self.open_model(spec)
         return self.models[spec]
 
     def _refresh_panes(self) -> None:
@@ -254,5 +254,5 @@ class CompareActions:
             app.transcript.load(app.conversation.session.turns)
             app._show_path()
 
-        app.push_screen(CompareScreen(app.conversation, models, prompt, right=right,
-                                      right_params=right_params), closed)
+        app.push_screen(CompareScreen(app.conversation, models, app.open_model, prompt,
+                                      right=right, right_params=right_params), closed)

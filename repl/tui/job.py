@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from repl.engine import GenerationStats
+from repl.engine import GenerationStats, Progress
 
 if TYPE_CHECKING:
     from repl.tui.transcript import TurnView
@@ -24,6 +24,7 @@ class Job:
     first_chunk_at: float | None = None
     live_tokens: int = 0  # chunks received so far (about one per token; final stats are exact)
     prompt_tokens: int = 0  # an estimate until the final stats arrive
+    prefill: Progress | None = None  # while a long prompt is prefilled
     stats: GenerationStats | None = None
     error: str | None = None
     notices: list[str] = field(default_factory=list)

@@ -1,0 +1,207 @@
+"""What the llama.cpp backend runs a model spec from: a gguf file and a tokenizer folder.
+
+- `default` and `.gguf` specs run their gguf file as it is (the default model's own Q4_1
+  weights: nothing is re-quantized). Their tokenizer (tokenizer.json, chat template) is written
+  once by transformers' gguf reader into the cache.
+- A `save_pretrained` folder (what `textgen-train` saves, GPT-2 and Llama families) is converted
+  once to a q8_0 gguf by llama.cpp's own converter, `convert_hf_to_gguf.py` (installed beside
+  the runtime by `make setup`); its tokenizer is the folder's own.
+
+Conversions live under `<cache>/gguf/<key>/`, where the key is a hash of the source files'
+bytes: a retrained model gets a new conversion, an unchanged one is never converted twice, and
+an interrupted conversion leaves nothing behind (it is written to a temporary folder and
+renamed). A small index maps each source file's (size, mtime) to its hash, so a start does not
+re-read hundreds of megabytes to find its conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from repl.errors import TextgenError
+
+# Bump when what a conversion writes changes, so stale caches are rebuilt rather than trusted.
+CONVERSION_VERSION = "1"
+CONVERTED_FORMAT = "q8_0"  # 8-bit blocks: within 0.1% of fp32 perplexity, half of f16's bytes
+# Families llama.cpp's converter and runtime both take (config.json's model_type).
+CONVERTIBLE = frozenset({
+    "gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+    "gpt_neox", "falcon", "starcoder2", "stablelm", "olmo", "smollm3",
+})
+SOURCE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "special_tokens_map.json", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class GgufModel:
+    gguf: Path
+    tokenizer_dir: Path
+    name: str
+
+
+class NotConvertible(Exception):
+    """This spec cannot run on llama.cpp; the message says why (shown in the status bar)."""
+
+
+def cache_root() -> Path:
+    from repl.paths import cache_dir
+
+    return cache_dir() / "gguf"
+
+
+def converter_script() -> Path | None:
+    """llama.cpp's `convert_hf_to_gguf.py`: $TEXTGEN_LLAMA_CONVERTER, else where `make setup`
+    unpacks it beside the runtime (`<venv>/share/llama.cpp/`)."""
+    if env := os.environ.get("TEXTGEN_LLAMA_CONVERTER"):
+        return Path(env)
+    path = Path(sys.prefix) / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
+    return path if path.is_file() else None
+
+
+def gguf_model(spec: str, *, convert: bool = True) -> GgufModel:
+    """The gguf and tokenizer for `spec`, converting once if needed (`convert=False` only
+    checks that it could); NotConvertible with the reason when llama.cpp cannot take it."""
+    from repl.models import DEFAULT_NAME, default_gguf_path, resolve_spec
+
+    kind, where = resolve_spec(spec)
+    if kind == "hub":
+        raise NotConvertible("hub models run on transformers")
+    if kind in ("default", "gguf"):
+        gguf = default_gguf_path() if kind == "default" else Path(where)
+        name = DEFAULT_NAME if kind == "default" else gguf.stem
+        tokenizer = _cached(
+            "tokenizer", [gguf], convert,
+            lambda staging: _write_gguf_tokenizer(gguf, staging), check="tokenizer.json")
+        return GgufModel(gguf, tokenizer, name)
+    folder = Path(where)
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    model_type = config.get("model_type", "?")
+    if model_type not in CONVERTIBLE:
+        raise NotConvertible(f"llama.cpp does not run {model_type!r} models")
+    if not (folder / "tokenizer.json").is_file():
+        raise NotConvertible("the folder has no fast tokenizer (tokenizer.json)")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise NotConvertible("the folder has no safetensors weights")
+    script = converter_script()
+    if script is None:
+        raise NotConvertible("llama.cpp's converter is not installed (make setup installs it)")
+    sources = weights + [folder / f for f in SOURCE_FILES if (folder / f).is_file()]
+    converted = _cached(
+        "model", sources, convert,
+        lambda staging: _run_converter(script, folder, staging / "model.gguf"),
+        check="model.gguf")
+    return GgufModel(converted / "model.gguf", folder, folder.resolve().name)
+
+
+def _cached(kind: str, sources: list[Path], convert: bool,
+            build: Callable[[Path], None], check: str) -> Path:
+    """The cache folder for `sources`, built by `build(staging)` the first time."""
+    target = cache_root() / f"{kind}-{content_key(sources)}"
+    if (target / check).is_file():
+        return target
+    if not convert:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def content_key(files: list[Path]) -> str:
+    """A hash of the files' names and bytes (and the conversion version)."""
+    digest = hashlib.sha256(f"textgen-gguf-v{CONVERSION_VERSION}".encode())
+    for file in sorted(files, key=lambda f: f.name):
+        digest.update(file.name.encode() + b"\0" + _file_hash(file).encode())
+    return digest.hexdigest()[:20]
+
+
+def _file_hash(file: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) in the cache's index."""
+    stat = file.stat()
+    index_file = cache_root() / "hashes.json"
+    try:
+        index = json.loads(index_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+    entry = index.get(str(file.resolve()))
+    if isinstance(entry, dict) and entry.get("signature") == signature:
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    index[str(file.resolve())] = {"signature": signature, "sha256": digest.hexdigest()}
+    from repl.session import atomic_write
+
+    index_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(index_file, json.dumps(index, indent=0).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _write_gguf_tokenizer(gguf: Path, staging: Path) -> None:
+    """The gguf's tokenizer and chat template as transformers files (imports transformers)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    print(f"textgen: reading the tokenizer of {gguf.name} (once)...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(staging)
+    with contextlib.suppress(OSError, ValueError):  # eos from the tokenizer is enough
+        GenerationConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
+
+
+def _run_converter(script: Path, folder: Path, out: Path) -> None:
+    """llama.cpp's converter in a child process; its progress bar goes to the terminal."""
+    print(f"textgen: converting {folder.name} for llama.cpp ({CONVERTED_FORMAT}, once)...",
+          file=sys.stderr)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(folder), "--outfile", str(out),
+         "--outtype", CONVERTED_FORMAT],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert child.stderr is not None
+    lines: list[str] = []
+    for line in child.stderr:  # the converter's log and tqdm bar, passed on as they come
+        if line.strip():
+            lines.append(line.rstrip())
+            sys.stderr.write(line)
+    if child.wait() != 0 or not out.is_file():
+        raise TextgenError(f"{folder}: llama.cpp's converter failed: "
+                           f"{lines[-1] if lines else 'no output'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m repl.engine.convert [SPEC]`: prepare SPEC for llama.cpp now (set-up does this
+    for the default model, so the first start does not wait for it)."""
+    args = sys.argv[1:] if argv is None else argv
+    spec = args[0] if args else "default"
+    try:
+        model = gguf_model(spec)
+    except (NotConvertible, TextgenError) as exc:
+        print(f"textgen: {spec} stays on transformers: {exc}", file=sys.stderr)
+        return 0 if isinstance(exc, NotConvertible) else 2
+    print(f"{spec}: {model.gguf} (tokenizer: {model.tokenizer_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
