@@ -49,6 +49,9 @@ class Conversation:
         self._lock: SessionLock | None = None
         self.path = self._claim(path) if path is not None else None
         self.inspect = False  # record each token's probability (repl.token_probs)
+        # The request of the action started last: the context meter counts its prompt as the
+        # backend encodes it (a chat template adds tokens the raw text does not have).
+        self.last_request: GenerationRequest | None = None
         # The TUI saves from a worker thread (end of a stream) and the UI thread (paging): one
         # save at a time, each writing the state as of its own start, so the last one wins.
         self._save_lock = threading.Lock()
@@ -419,6 +422,7 @@ class Conversation:
             request = GenerationRequest.chat(messages, params)
         if self.inspect:
             request = dataclasses.replace(request, trace=TokenTrace())
+        self.last_request = request
         return request
 
     def _new_completion(self, turn: Turn, params: SamplingParams, generator: Generator,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Label, OptionList
+from textual.widgets import Input, Label, OptionList, Switch
 
 from repl.conversation import Conversation
 from repl.engine import Generator
@@ -212,7 +212,7 @@ async def test_preset_picker_sets_every_field(tiny_loaded, tmp_path):
         await pilot.pause()
         params = app.conversation.params
         assert params.greedy and params.seed == 7
-        assert app.panel.query_one("#do_sample", Input).value == "off"
+        assert app.panel.query_one("#do_sample", Switch).value is False
         assert app.panel.query_one("#temperature", Input).value == "0.0"
 
 

@@ -12,14 +12,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
-from textual.widgets import Input, Label, Select
+from textual.widgets import Input, Label, Select, Switch
 
 from repl.params import PRESETS, SamplingParams
 from repl.session import MODES, Mode
 
-# (field, label) in the order shown; seed and stop accept empty input.
+# (field, label) of the text inputs, in the order shown below the `sample` switch; seed and
+# stop accept empty input.
 FIELDS: tuple[tuple[str, str], ...] = (
-    ("do_sample", "sample"),
     ("temperature", "temperature"),
     ("top_k", "top-k"),
     ("top_p", "top-p"),
@@ -41,6 +41,15 @@ def field_text(params: SamplingParams, name: str) -> str:
     if name == "do_sample":
         return "on" if value else "off"
     return str(value)
+
+
+# What each input's hover text says beyond its name (formats that are not obvious).
+HINTS = {
+    "seed": "empty: a new random seed each time; a fixed seed gives alternative N the seed "
+            "+ N - 1 (so they differ and still replay)",
+    "stop": "texts that end the generation, separated by commas: `###, \\n\\n`",
+}
+PLACEHOLDERS = {"seed": "random", "stop": "text, text, …"}
 
 
 def matching_preset(params: SamplingParams) -> str | None:
@@ -97,14 +106,22 @@ class SamplingPanel(VerticalScroll):
             yield Label("mode", classes="name")
             yield Select([(m, m) for m in MODES], value=self.mode, allow_blank=False,
                          compact=True, id="mode")
+        with Horizontal(classes="row"):
+            yield Label("sample", classes="name")
+            yield Switch(self.params.do_sample, animate=False, id="do_sample",
+                         tooltip="do_sample: off is greedy decoding (always the likeliest "
+                                 "token); Space toggles")
         for name, label in FIELDS:
             with Horizontal(classes="row"):
                 yield Label(label, classes="name")
+                hint = f"; {HINTS[name]}" if name in HINTS else ""
                 yield Input(field_text(self.params, name), id=name, compact=True,
+                            placeholder=PLACEHOLDERS.get(name, ""),
                             validators=[ParamValidator(self, name)],
                             validate_on=["changed", "submitted", "blur"], valid_empty=False,
-                            tooltip=f"{name}; Enter or leaving the field applies it")
+                            tooltip=f"{name}{hint}. Enter or leaving the field applies it")
             yield Label("", id=f"{name}-error", classes="error")
+        yield Label("stop: comma-separated texts", id="stop-hint", classes="hint")
 
     # --- parsing and applying -----------------------------------------------------------------
 
@@ -116,6 +133,25 @@ class SamplingPanel(VerticalScroll):
         if name == "max_new_tokens":
             params.check_fits(self.context_length)
         return params
+
+    def invalid(self) -> tuple[Input, str] | None:
+        """The first input whose text is not in force (it does not parse or validate), with
+        the sentence that says why; None when the panel shows exactly what will be used."""
+        for name, label in FIELDS:
+            field = self.query_one(f"#{name}", Input)
+            try:
+                self.parse(name, field.value)
+            except ValueError as exc:
+                return field, f"{label}: {exc}"
+            if not field.value.strip() and name not in ("seed", "stop"):
+                return field, f"{label} is empty"
+        return None
+
+    @on(Switch.Changed, "#do_sample")
+    def _sample_switched(self, event: Switch.Changed) -> None:
+        event.stop()
+        if event.value != self.params.do_sample:
+            self._apply(self.params.replace(do_sample=event.value))
 
     @on(Input.Blurred)
     def _input_left(self, event: Input.Blurred) -> None:
@@ -161,12 +197,14 @@ class SamplingPanel(VerticalScroll):
     def _apply(self, params: SamplingParams) -> None:
         self.params = params
         self._sync_preset()
-        sample = self.query_one("#do_sample", Input)
-        if sample.value.strip().lower() in ("on", "off") and (
-                (sample.value.strip().lower() == "on") != params.do_sample):
-            with self.prevent(Input.Changed):
-                sample.value = field_text(params, "do_sample")  # turned on by a temperature
+        self._sync_switch()  # a temperature above 0 turns sampling on
         self.post_message(self.Changed(params))
+
+    def _sync_switch(self) -> None:
+        switch = self.query_one("#do_sample", Switch)
+        if switch.value != self.params.do_sample:
+            with self.prevent(Switch.Changed):
+                switch.value = self.params.do_sample
 
     def _sync_preset(self) -> None:
         with self.prevent(Select.Changed):
@@ -183,6 +221,7 @@ class SamplingPanel(VerticalScroll):
                 error = self.query_one(f"#{name}-error", Label)
                 error.update("")
                 error.remove_class("-shown")
+        self._sync_switch()
         self._sync_preset()
 
     def set_mode(self, mode: Mode) -> None:

@@ -320,6 +320,14 @@ class TrainScreen(Screen[None]):
 class TrainActions:
     """The app's trainer action (mixed into TextgenApp)."""
 
+    def running_training(self) -> TrainingRun | None:
+        """The F5 trainer's run while its process is alive (quitting asks first)."""
+        app: Any = self
+        if not app.is_screen_installed("train"):
+            return None
+        run = app.get_screen("train", TrainScreen).run
+        return run if run is not None and run.returncode is None else None
+
     def action_train(self) -> None:
         app: Any = self
         if refusal := served.training_refusal():

@@ -4,6 +4,7 @@ up to read stops the following, scrolling back to the end resumes it."""
 
 from __future__ import annotations
 
+from textual.await_complete import AwaitComplete
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
@@ -91,37 +92,57 @@ class TurnView(Static):
             k.stats.new_tokens for k in completion.continuations if k.stats)
         if turn.compare:  # the sides of a comparison, paged like alternatives
             parts[0] = f"compare ‹ {'AB'[turn.selected]} › {completion.model}"
-        parts += [f"seed {completion.seed}", f"{tokens} tokens", completion.last_finish]
+        parts += [seed_text(turn), f"{tokens} tokens", completion.last_finish]
+        if completion.forced is not None:  # F3: one token chosen by hand, the rest sampled
+            parts.append(f"forced {completion.forced.token!r} "
+                         f"(from alternative {completion.forced.source + 1})")
         if completion.continuations:
             parts.append(f"continued ×{len(completion.continuations)}")
         return " · ".join(parts)
 
 
 class Transcript(VerticalScroll):
-    """All turns of the session, newest at the bottom."""
+    """All turns of the session, newest at the bottom.
+
+    `pinned` says whether the view follows new text: it is the user's scrolling that unpins
+    it (a resize that leaves the old position short of the new bottom does not)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pinned = True
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if self.size.height:  # before the first layout there is no bottom to be at
+            self.pinned = new_value >= self.max_scroll_y - 1
+
+    def on_resize(self) -> None:
+        if self.pinned:
+            self.follow()
 
     def at_bottom(self) -> bool:
-        return self.scroll_y >= self.max_scroll_y - 1
+        return self.pinned or self.scroll_y >= self.max_scroll_y - 1
 
     def follow(self) -> None:
         """Scroll to the end once the layout has caught up with new text."""
+        self.pinned = True
         self.scroll_end(animate=False, immediate=False)
 
-    def show_welcome(self, message: str = WELCOME) -> None:
-        self.remove_children()
-        self.mount(Static(message, classes="welcome", id="welcome"))
+    def load(self, turns: list[Turn]) -> AwaitComplete:
+        """Show a whole session (after resume or a new session). Await it where what follows
+        needs the new views; either way the old children are gone before the new arrive."""
+        return AwaitComplete(self._load(list(turns)))
 
-    def load(self, turns: list[Turn]) -> None:
-        """Show a whole session (after resume or a new session)."""
-        self.remove_children()
+    async def _load(self, turns: list[Turn]) -> None:
+        await self.remove_children()
         if not turns:
-            self.mount(Static(WELCOME, classes="welcome", id="welcome"))
+            await self.mount(Static(WELCOME, classes="welcome"))
             return
-        self.mount_all(TurnView(turn, i + 1) for i, turn in enumerate(turns))
-        self.scroll_end(animate=False, immediate=False)
+        await self.mount_all(TurnView(turn, i + 1) for i, turn in enumerate(turns))
+        self.follow()
 
     def add_turn(self, turn: Turn) -> TurnView:
-        for welcome in self.query("#welcome"):
+        for welcome in self.query(".welcome"):
             welcome.remove()
         view = TurnView(turn, len(self.query(TurnView)) + 1)
         self.mount(view)
@@ -131,3 +152,15 @@ class Transcript(VerticalScroll):
     def last_view(self) -> TurnView | None:
         views = self.query(TurnView)
         return views.last() if views else None
+
+
+def seed_text(turn: Turn) -> str:
+    """The selected alternative's seed, with the rule when it was derived from the first's: a
+    fixed seed gives alternative N the seed + N - 1, so alternatives differ and still replay."""
+    completion = turn.completion
+    assert completion is not None
+    first = turn.completions[0].seed
+    offset = turn.selected
+    if offset and completion.forced is None and completion.seed == (first + offset) % 2**32:
+        return f"seed {completion.seed} (= {first} + {offset})"
+    return f"seed {completion.seed}"
