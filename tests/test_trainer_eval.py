@@ -128,3 +128,70 @@ def test_default_model_perplexity_on_wikitext_like_text_is_sane(default_loaded, 
                       cache_dir=tmp_path, progress=False, loaded=default_loaded)
     assert 1 < report.perplexity.perplexity < 200  # a trained model, not a random one
     assert report.quality is not None and report.quality.samples[0]["continuation"]
+
+
+def guide_loop(model, encodings, max_length: int, stride: int) -> float:
+    """The Hugging Face perplexity guide's loop, verbatim (docs: perplexity.md)."""
+    seq_len = encodings.input_ids.size(1)
+    nll_sum = 0.0
+    n_tokens = 0
+    prev_end_loc = 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + max_length, seq_len)
+        trg_len = end_loc - prev_end_loc  # may be different from stride on last loop
+        input_ids = encodings.input_ids[:, begin_loc:end_loc]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            outputs = model(input_ids, labels=target_ids)
+            neg_log_likelihood = outputs.loss
+        num_valid_tokens = (target_ids != -100).sum().item()
+        batch_size = target_ids.size(0)
+        num_loss_tokens = num_valid_tokens - batch_size
+        nll_sum += neg_log_likelihood * num_loss_tokens
+        n_tokens += num_loss_tokens
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    avg_nll = nll_sum / n_tokens
+    return torch.exp(avg_nll).item()
+
+
+WIKI_ROWS = [" = Topic = \n", "", " The first paragraph has a few words . \n", "",
+             " = = Section = = \n", "", " More text follows here , and then some . \n", "",
+             " = Other = \n", "", " A second article begins . \n"]
+
+
+@pytest.mark.parametrize(("window", "stride"), [(64, 32), (32, 32), (48, 20)])
+def test_hf_guide_layout_is_exactly_the_guides_loop(tiny_model_dir, tiny_loaded, tmp_path,
+                                                   capsys, window, stride):
+    folder = tmp_path / "wt"
+    folder.mkdir()
+    (folder / "wiki.test.raw").write_text("".join(row or " \n" for row in WIKI_ROWS * 8))
+    code = main(["eval", "--model", str(tiny_model_dir), "--data-dir", str(folder),
+                 "--split", "test", "--layout", "hf-guide", "--window", str(window),
+                 "--stride", str(stride), "--samples", "0", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    encodings = tiny_loaded.tokenizer("\n\n".join(WIKI_ROWS * 8), return_tensors="pt")
+    expected = guide_loop(tiny_loaded.model, encodings, window, stride)
+    assert record["perplexity"]["layout"] == "hf-guide"
+    assert record["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-6)
+    assert record["perplexity"]["method"].startswith("layout hf-guide: rows joined with blank")
+
+
+def test_the_two_layouts_differ_and_the_text_output_names_its_layout(tiny_model_dir, tmp_path,
+                                                                     capsys):
+    folder = tmp_path / "wt"
+    folder.mkdir()
+    (folder / "wiki.test.raw").write_text("".join(row or " \n" for row in WIKI_ROWS * 8))
+    results = {}
+    for layout in ("articles", "hf-guide"):
+        assert main(["eval", "--model", str(tiny_model_dir), "--data-dir", str(folder),
+                     "--split", "test", "--layout", layout, "--window", "64", "--stride", "32",
+                     "--samples", "0", "--cache-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert f"split test, layout {layout}" in out
+        assert f"method: layout {layout}:" in out
+        results[layout] = out
+    assert results["articles"] != results["hf-guide"]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from repl.errors import TextgenError
+from trainer.views_cli import add_chat_and_sample_arguments, add_view_commands
 
 EXAMPLES = """examples:
   textgen-train train --model default --data-dir data/wikitext-2-v1 --max-steps 50 \\
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", choices=("transformer", "lstm"), default="transformer",
                        help="lstm: train the LSTM baseline from scratch on the same tokens")
     add_data_arguments(train, training=True)
+    add_chat_and_sample_arguments(train)
     opt = train.add_argument_group("training")
     opt.add_argument("--epochs", type=float, default=1.0)
     opt.add_argument("--max-steps", type=int, default=-1, metavar="N",
@@ -132,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="default", metavar="SPEC")
     add_data_arguments(ev, training=False)
     ev.add_argument("--split", choices=("train", "valid", "test"), default="valid")
+    ev.add_argument("--layout", choices=("articles", "hf-guide"), default="articles",
+                    help="articles: documents joined with EOS, blank lines dropped (as "
+                         "training sees them); hf-guide: rows joined with blank lines and "
+                         "the Hugging Face perplexity guide's loop, to compare with published "
+                         "figures (default window: the context up to 1024, stride 512)")
     ev.add_argument("--window", type=int, metavar="W",
                     help="tokens per window (default: the context up to 512)")
     ev.add_argument("--stride", type=int, metavar="S", help="default: half the window")
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     ev.add_argument("--json", action="store_true", help="print one JSON record")
     ev.set_defaults(func=run_eval)
+    add_view_commands(sub)
     return parser
 
 
@@ -168,7 +176,9 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
         lora_alpha=args.lora_alpha, lora_save=args.lora_save, qlora=args.qlora,
         save_dtype=args.save_dtype, lstm_hidden=args.lstm_hidden, lstm_layers=args.lstm_layers,
         resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
-        cache_dir=args.cache_dir, command=["textgen-train", *argv])
+        cache_dir=args.cache_dir, chat_template=args.chat_template,
+        sample_prompts=args.sample_prompts, sample_tokens=args.sample_tokens,
+        command=["textgen-train", *argv])
     outcome = run_training(options)
     if outcome.status == "interrupted":
         print(f"textgen-train: {outcome.message}", file=sys.stderr)
@@ -185,29 +195,34 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
               f"{report['wall_time_s']:.0f} s ({report['tokens_per_s']:,.0f} tokens/s); final "
               f"train loss {report['final_train_loss']:.4f}; validation perplexity {before} -> "
               f"{after} on {v['tokens']:,} tokens")
-        print(f"saved {outcome.output} (report.json, loss.png, logs/); try it: "
-              f"textgen generate \"The history of\" --model {outcome.output}")
+        chat = str(report["data"].get("format", "")).startswith("chat")
+        print(f"saved {outcome.output} (report.json, loss.png, logs/); try it: " + (
+            f"textgen --chat --model {outcome.output}" if chat else
+            f"textgen generate \"The history of\" --model {outcome.output}"))
     return 0
 
 
 def run_eval(args: argparse.Namespace, argv: list[str]) -> int:
     from repl.models import load_model
-    from trainer.data import DataSpec, split_documents, user_documents
+    from trainer.data import DataSpec, split_rows, user_documents, wikitext_articles
     from trainer.evaluate import evaluate
 
     if args.data_dir and args.files:
         raise TextgenError("use --data-dir or --files, not both.")
+    rows = None
     if args.files:
         documents = user_documents(args.files, args.text_field)
         data_name = ", ".join(args.files)
     else:
         spec = DataSpec(data_dir=args.data_dir)
-        documents = split_documents(spec, [args.split])[args.split]
+        rows = split_rows(spec, args.split)
+        documents = wikitext_articles(rows)
         data_name = spec.describe()
     loaded = load_model(args.model, device=args.device)
     report = evaluate(args.model, documents, data_name, args.split, window=args.window,
                       stride=args.stride, max_tokens=args.max_tokens, samples=args.samples,
-                      cache_dir=args.cache_dir, progress=not args.json, loaded=loaded)
+                      cache_dir=args.cache_dir, progress=not args.json, loaded=loaded,
+                      layout=args.layout, rows=rows)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.text())
     return 0
 

@@ -61,6 +61,13 @@ def wikitext_dir_files(data_dir: Path) -> dict[str, Path]:
 
 def wikitext_from_dir(data_dir: Path, splits: Sequence[str]) -> dict[str, list[str]]:
     """Articles of each requested split from a local WikiText-2 folder."""
+    return {s: wikitext_articles(rows) for s, rows in wikitext_rows_from_dir(data_dir,
+                                                                              splits).items()}
+
+
+def wikitext_rows_from_dir(data_dir: Path, splits: Sequence[str]) -> dict[str, list[str]]:
+    """The rows of each split as the hub's `wikitext` dataset has them: one line each, with its
+    newline; a blank line is an empty row."""
     files = wikitext_dir_files(data_dir)
     missing = [s for s in splits if s not in files]
     if missing:
@@ -72,11 +79,17 @@ def wikitext_from_dir(data_dir: Path, splits: Sequence[str]) -> dict[str, list[s
                     "(wiki.train.tokens, the same text with <unk> for rare words), or put "
                     "wiki.train.raw from wikitext-2-raw-v1.zip here.")
         raise TextgenError(f"--data-dir {data_dir}: {wanted} not found (it has {have}).{hint}")
-    return {s: wikitext_articles(_read_text(files[s]).splitlines(keepends=True)) for s in splits}
+    return {s: [row if row.strip() else "" for row in
+                _read_text(files[s]).splitlines(keepends=True)] for s in splits}
 
 
 def wikitext_from_hub(splits: Sequence[str]) -> dict[str, list[str]]:
-    """WikiText-2 (raw) through `datasets`: from its cache, or downloaded when online."""
+    """Articles of each requested split of WikiText-2 (raw) from the hub or its cache."""
+    return {s: wikitext_articles(rows) for s, rows in wikitext_rows_from_hub(splits).items()}
+
+
+def wikitext_rows_from_hub(splits: Sequence[str]) -> dict[str, list[str]]:
+    """WikiText-2 (raw) rows through `datasets`: from its cache, or downloaded when online."""
     import logging
 
     import datasets
@@ -97,7 +110,7 @@ def wikitext_from_hub(splits: Sequence[str]) -> dict[str, list[str]]:
         ) from exc
     finally:
         hub_logger.setLevel(level)
-    return {s: wikitext_articles(loaded[names[s]]["text"]) for s in splits}
+    return {s: list(loaded[names[s]]["text"]) for s in splits}
 
 
 def user_documents(paths: Sequence[str | Path], text_field: str = "text") -> list[str]:
@@ -213,6 +226,9 @@ class PackedBlocks:
         row = torch.from_numpy(self.blocks[index].copy())
         return {"input_ids": row, "labels": row.clone()}
 
+    def head(self, count: int) -> PackedBlocks:
+        return PackedBlocks(self.blocks[:count])
+
     @property
     def tokens(self) -> int:
         return int(self.blocks.size)
@@ -258,6 +274,13 @@ def split_documents(spec: DataSpec, splits: Sequence[str]) -> dict[str, list[str
             out["valid"] = user_documents(spec.valid_files, spec.text_field)
         return out
     return wikitext_from_hub(splits)
+
+
+def split_rows(spec: DataSpec, split: str) -> list[str]:
+    """The rows of a WikiText-2 split (for the HF perplexity guide's layout)."""
+    if spec.data_dir is not None:
+        return wikitext_rows_from_dir(spec.data_dir, [split])[split]
+    return wikitext_rows_from_hub([split])[split]
 
 
 def prepare_training_data(spec: DataSpec, tokenizer: Any, block_size: int,

@@ -1,9 +1,17 @@
 """Perplexity with a sliding window, and simple measures of sampled text.
 
-The split's documents are tokenized as for training (EOS between documents) into one stream.
-The first window scores its tokens; each next window ends `stride` tokens further on, reads the
-`window` tokens up to there and scores only the `stride` new ones. Every token after the first is
-scored exactly once, with at least `window - stride` tokens of context after the first window.
+Two layouts of the text (`--layout`):
+
+- `articles` (default): the split's documents are tokenized as for training (EOS between
+  documents, blank WikiText lines dropped) into one stream. The first window scores its tokens;
+  each next window ends `stride` tokens further on, reads the `window` tokens up to there and
+  scores only the `stride` new ones. Every token after the first is scored exactly once, with
+  at least `window - stride` tokens of context after the first window.
+- `hf-guide`: exactly the Hugging Face perplexity guide ("Perplexity of fixed-length models"):
+  the rows joined with blank lines ("\n\n".join), tokenized as one string, windows starting
+  every `stride` tokens, each window's mean loss weighted by its target count minus one. Use it
+  to compare with figures published that way; on WikiText-2 the two differ by about 1%.
+
 The same code scores the transformers and the LSTM baseline, so they compare like for like.
 """
 
@@ -19,6 +27,8 @@ import numpy as np
 
 from repl.errors import TextgenError
 
+LAYOUTS = ("articles", "hf-guide")
+
 
 @dataclass
 class PerplexityResult:
@@ -29,9 +39,16 @@ class PerplexityResult:
     stride: int
     windows: int
     seconds: float
+    layout: str = "articles"
 
     def method(self) -> str:
-        return (f"sliding window: {self.tokens_scored:,} tokens scored, window {self.window}, "
+        if self.layout == "hf-guide":
+            return (f"layout hf-guide: rows joined with blank lines, tokenized as one string; "
+                    f"the Hugging Face perplexity guide's loop: windows of {self.window} tokens "
+                    f"starting every {self.stride}, each scoring the tokens after the previous "
+                    f"window ({self.windows} windows, {self.tokens_scored:,} tokens counted)")
+        return (f"layout articles: documents joined with EOS, blank lines dropped; "
+                f"sliding window: {self.tokens_scored:,} tokens scored, window {self.window}, "
                 f"stride {self.stride} ({self.windows} windows; each token predicted once, with "
                 f"up to {self.window - 1} tokens of context and at least "
                 f"{self.window - self.stride} after the first window)")
@@ -91,14 +108,51 @@ def sliding_window_nll(model: Any, ids: np.ndarray | Sequence[int], window: int,
     return nll_sum, scored, windows
 
 
+def hf_guide_nll(model: Any, ids: np.ndarray | Sequence[int], max_length: int, stride: int,
+                 progress: bool = True) -> tuple[float, int, int]:
+    """The Hugging Face perplexity guide's loop, step for step (its arithmetic too: a float32
+    running sum of each window's mean loss times its target count minus one)."""
+    import torch
+    import tqdm
+
+    if max_length < 2 or not 1 <= stride <= max_length:
+        raise TextgenError(f"--window {max_length} / --stride {stride}: the guide's loop needs "
+                           "a window of at least 2 and a stride from 1 to the window.")
+    input_all = torch.as_tensor(np.asarray(ids, dtype=np.int64)).unsqueeze(0)
+    seq_len = input_all.size(1)
+    if seq_len < 2:
+        raise TextgenError("the text is too short to score: it needs at least 2 tokens.")
+    device = next(model.parameters()).device
+    nll_sum, n_tokens, prev_end_loc, windows = 0.0, 0, 0, 0
+    with torch.inference_mode():
+        for begin_loc in tqdm.tqdm(range(0, seq_len, stride), desc="scoring", unit="window",
+                                   disable=not progress, dynamic_ncols=True):
+            end_loc = min(begin_loc + max_length, seq_len)
+            trg_len = end_loc - prev_end_loc  # may differ from stride on the last loop
+            input_ids = input_all[:, begin_loc:end_loc].to(device)
+            target_ids = input_ids.clone()
+            target_ids[:, :-trg_len] = -100
+            neg_log_likelihood = model(input_ids, labels=target_ids).loss
+            num_valid_tokens = (target_ids != -100).sum().item()
+            num_loss_tokens = num_valid_tokens - target_ids.size(0)  # the label shift
+            nll_sum += neg_log_likelihood * num_loss_tokens
+            n_tokens += num_loss_tokens
+            windows += 1
+            prev_end_loc = end_loc
+            if end_loc == seq_len:
+                break
+    return float(nll_sum), n_tokens, windows
+
+
 def perplexity(model: Any, ids: np.ndarray | Sequence[int], window: int, stride: int,
-               progress: bool = True) -> PerplexityResult:
+               progress: bool = True, layout: str = "articles") -> PerplexityResult:
     started = time.perf_counter()
-    nll_sum, scored, windows = sliding_window_nll(model, ids, window, stride, progress)
+    score = hf_guide_nll if layout == "hf-guide" else sliding_window_nll
+    nll_sum, scored, windows = score(model, ids, window, stride, progress)
     mean = nll_sum / scored
     return PerplexityResult(perplexity=math.exp(min(mean, 700.0)), mean_nll=mean,
                             tokens_scored=scored, window=window, stride=stride, windows=windows,
-                            seconds=round(time.perf_counter() - started, 2))
+                            seconds=round(time.perf_counter() - started, 2), layout=layout)
 
 
 def words(text: str) -> list[str]:
@@ -175,7 +229,7 @@ class EvalReport:
     def text(self) -> str:
         p = self.perplexity
         lines = [
-            f"{self.model_name} on {self.data}, split {self.split}",
+            f"{self.model_name} on {self.data}, split {self.split}, layout {p.layout}",
             f"perplexity {p.perplexity:.3f} (mean NLL {p.mean_nll:.4f} nats/token) in "
             f"{p.seconds:.1f} s",
             f"method: {p.method()}",
@@ -197,25 +251,34 @@ class EvalReport:
 def evaluate(spec: str, documents: Sequence[str], data_name: str, split: str,
              window: int | None = None, stride: int | None = None, max_tokens: int | None = None,
              samples: int = 4, cache_dir: Any = None, progress: bool = True,
-             loaded: Any = None) -> EvalReport:
-    """Load `spec` (unless `loaded` is given) and score `documents`; sample `samples` texts."""
+             loaded: Any = None, layout: str = "articles",
+             rows: Sequence[str] | None = None) -> EvalReport:
+    """Load `spec` (unless `loaded` is given) and score `documents` (layout articles) or `rows`
+    (layout hf-guide; default: the documents); sample `samples` texts."""
     from repl.models import context_length, load_model
     from trainer.data import tokenize_documents
 
+    if layout not in LAYOUTS:
+        raise TextgenError(f"--layout {layout}: use one of {', '.join(LAYOUTS)}.")
     loaded = loaded or load_model(spec)
     context = context_length(loaded.model.config)
-    window = window or min(context or 512, 512)
+    guide = layout == "hf-guide"
+    window = window or min(context or 512, 1024 if guide else 512)
     if context is not None and window > context:
         raise TextgenError(f"--window {window} is larger than the model's context of {context} "
                            "tokens.")
-    stride = stride or max(1, window // 2)
-    ids = tokenize_documents(documents, loaded.tokenizer, cache_dir, f"Tokenizing {split}")
+    stride = stride or (min(512, max(1, window // 2)) if guide else max(1, window // 2))
+    if guide:  # the guide's text: one string, rows joined with blank lines, one tokenization
+        text = "\n\n".join(rows if rows is not None else documents)
+        ids = np.asarray(loaded.tokenizer(text).input_ids, dtype=np.int64)
+    else:
+        ids = tokenize_documents(documents, loaded.tokenizer, cache_dir, f"Tokenizing {split}")
     total = len(ids)
     if max_tokens is not None:
         if max_tokens < 2:
             raise TextgenError(f"--max-tokens {max_tokens}: use at least 2.")
         ids = ids[:max_tokens]
-    result = perplexity(loaded.model, ids, window, stride, progress)
+    result = perplexity(loaded.model, ids, window, stride, progress, layout)
     quality = sample_quality(loaded, documents, count=samples) if samples > 0 else None
     return EvalReport(model=spec, model_name=loaded.info.name, data=data_name, split=split,
                       total_tokens=total, perplexity=result, quality=quality)
