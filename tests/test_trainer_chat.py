@@ -202,3 +202,62 @@ def test_prepare_splits_whole_conversations_and_installs_the_template(gpt2_token
     with pytest.raises(TextgenError, match="no chat template"):
         tokenizer.chat_template = None
         prepare_chat_data([path], [], 0.1, 1.0, tokenizer, 64, None)
+
+
+def chat_rows(count: int) -> list[dict]:
+    colours = ["red", "green", "blue", "amber", "violet"]
+    rows = []
+    for i in range(count):
+        colour = colours[i % len(colours)]
+        if i % 2:
+            rows.append({"prompt": f"Name colour number {i}.", "completion": f"It is {colour}."})
+        else:
+            rows.append({"messages": [{"role": "user", "content": f"Colour {i}?"},
+                                      {"role": "assistant", "content": f"It is {colour}."}]})
+    return rows
+
+
+def test_a_chat_run_trains_saves_its_template_and_answers_in_chat_mode(tiny_model_dir,
+                                                                        tmp_path, capsys):
+    """A few hundred rows, a few steps, then the saved model answers through `textgen generate
+    --chat` with the template it was trained with."""
+    from repl.cli import main as textgen
+    from trainer.cli import main
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows(300))
+    template = tmp_path / "chat.jinja"
+    template.write_text(TINY_TEMPLATE)
+    output = tmp_path / "chat-ft"
+    assert main(["train", "--model", str(tiny_model_dir), "--train-files", str(data),
+                 "--chat-template", str(template), "--output", str(output), "--block-size",
+                 "64", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert f"textgen --chat --model {output}" in out
+    report = json.loads((output / "report.json").read_text())
+    assert report["data"]["format"] == "chat (loss on assistant tokens only)"
+    assert report["data"]["train_documents"] == 285
+    assert report["validation"]["tokens"] == report["data"]["valid_tokens"] > 0
+    assert [entry["step"] for entry in report["samples_by_step"]] == [0, 3]
+    assert (output / "chat_template.jinja").read_text() == TINY_TEMPLATE \
+        or json.loads((output / "tokenizer_config.json").read_text())["chat_template"] \
+        == TINY_TEMPLATE
+    assert textgen(["generate", "Colour 7?", "--chat", "--model", str(output),
+                    "--max-new-tokens", "6", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_chat_flags_are_checked_before_any_work(tiny_model_dir, tmp_path, capsys):
+    from trainer.cli import main
+
+    text = tmp_path / "notes.txt"
+    text.write_text("plain text " * 50)
+    template = tmp_path / "t.jinja"
+    template.write_text(TINY_TEMPLATE)
+    assert main(["train", "--model", str(tiny_model_dir), "--train-files", str(text),
+                 "--chat-template", str(template), "--output", str(tmp_path / "x")]) == 2
+    assert "--chat-template is for chat data" in capsys.readouterr().err
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows(10))
+    assert main(["train", "--model", str(tiny_model_dir), "--train-files", str(data),
+                 "--output", str(tmp_path / "y"), "--max-steps", "1"]) == 2
+    assert "no chat template; pass --chat-template" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "report.json").exists()

@@ -81,3 +81,35 @@ def test_a_disabled_recorder_generates_nothing(tiny_loaded, tmp_path):
 
 def test_log_without_samples_gives_none(tmp_path: Path):
     assert samples_from_log(tmp_path / "missing.jsonl") == []
+
+
+def test_a_run_records_samples_at_every_evaluation(tiny_model_dir, tmp_path, capsys):
+    """--eval-steps 2 over 4 steps: samples before training, at step 2 and at the end, in
+    report.json, train.jsonl (what F5 reads) and TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainer.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The lighthouse keeper counted the ships that passed the harbour. " * 60)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The lighthouse\nA ship\n")
+    output = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--train-files", str(corpus),
+                 "--output", str(output), "--block-size", "32", "--batch-size", "2",
+                 "--max-steps", "4", "--eval-steps", "2", "--lr", "1e-3", "--sample-prompts",
+                 str(prompts), "--sample-tokens", "5", "--cache-dir",
+                 str(tmp_path / "cache")]) == 0
+    report = json.loads((output / "report.json").read_text())
+    by_step = report["samples_by_step"]
+    assert [entry["step"] for entry in by_step] == [0, 2, 4]
+    assert all([s["prompt"] for s in entry["samples"]] == ["The lighthouse", "A ship"]
+               for entry in by_step)
+    assert samples_from_log(output / "logs" / "train.jsonl") == by_step
+    events = EventAccumulator(str(output / "logs" / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [t.step for t in events.Tensors("samples/1/text_summary")] == [0, 2, 4]
+    capsys.readouterr()
+    assert main(["train", "--model", str(tiny_model_dir), "--train-files", str(corpus),
+                 "--output", str(tmp_path / "bad"), "--sample-tokens", "0"]) == 2
+    assert "--sample-tokens 0" in capsys.readouterr().err

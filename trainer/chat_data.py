@@ -334,3 +334,29 @@ def disable_cache_in_training(model: Any) -> Any:
         return args, kwargs
 
     return inner.register_forward_pre_hook(no_cache, with_kwargs=True)
+
+
+def uses_chat_data(data: Any, chat_template: Path | None, arch: str = "transformer") -> bool:
+    """Whether a run's data (a trainer.data.DataSpec) is chat data; checked before any work."""
+    chat = not data.data_dir and bool(data.train_files) and is_chat_files(data.train_files)
+    if chat_template is not None and not chat:
+        raise TextgenError("--chat-template is for chat data: --train-files with .jsonl rows of "
+                           "'messages' or 'prompt'/'completion'.")
+    if chat and arch == "lstm":
+        raise TextgenError("the LSTM baseline trains on plain text, not chat data.")
+    if chat and data.valid_files and not is_chat_files(data.valid_files):
+        raise TextgenError("--valid-files must be chat .jsonl too when the training data is.")
+    return chat
+
+
+def prepare_chat_training(data: Any, tokenizer: Any, block_size: int,
+                          template_file: Path | None, model: Any) -> Any:
+    """trainer.data.PreparedData for a chat run; turns the model's cache off in training so
+    packed conversations stay apart (see disable_cache_in_training)."""
+    from trainer.data import PreparedData
+
+    train, valid, summary = prepare_chat_data(data.train_files, data.valid_files,
+                                              data.valid_fraction, data.subset, tokenizer,
+                                              block_size, template_file)
+    disable_cache_in_training(model)
+    return PreparedData(train, valid, summary)

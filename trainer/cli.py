@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from repl.errors import TextgenError
+from trainer.views_cli import add_chat_and_sample_arguments, add_view_commands
 
 EXAMPLES = """examples:
   textgen-train train --model default --data-dir data/wikitext-2-v1 --max-steps 50 \\
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", choices=("transformer", "lstm"), default="transformer",
                        help="lstm: train the LSTM baseline from scratch on the same tokens")
     add_data_arguments(train, training=True)
+    add_chat_and_sample_arguments(train)
     opt = train.add_argument_group("training")
     opt.add_argument("--epochs", type=float, default=1.0)
     opt.add_argument("--max-steps", type=int, default=-1, metavar="N",
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     ev.add_argument("--json", action="store_true", help="print one JSON record")
     ev.set_defaults(func=run_eval)
+    add_view_commands(sub)
     return parser
 
 
@@ -173,7 +176,9 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
         lora_alpha=args.lora_alpha, lora_save=args.lora_save, qlora=args.qlora,
         save_dtype=args.save_dtype, lstm_hidden=args.lstm_hidden, lstm_layers=args.lstm_layers,
         resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
-        cache_dir=args.cache_dir, command=["textgen-train", *argv])
+        cache_dir=args.cache_dir, chat_template=args.chat_template,
+        sample_prompts=args.sample_prompts, sample_tokens=args.sample_tokens,
+        command=["textgen-train", *argv])
     outcome = run_training(options)
     if outcome.status == "interrupted":
         print(f"textgen-train: {outcome.message}", file=sys.stderr)
@@ -190,8 +195,10 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
               f"{report['wall_time_s']:.0f} s ({report['tokens_per_s']:,.0f} tokens/s); final "
               f"train loss {report['final_train_loss']:.4f}; validation perplexity {before} -> "
               f"{after} on {v['tokens']:,} tokens")
-        print(f"saved {outcome.output} (report.json, loss.png, logs/); try it: "
-              f"textgen generate \"The history of\" --model {outcome.output}")
+        chat = str(report["data"].get("format", "")).startswith("chat")
+        print(f"saved {outcome.output} (report.json, loss.png, logs/); try it: " + (
+            f"textgen --chat --model {outcome.output}" if chat else
+            f"textgen generate \"The history of\" --model {outcome.output}"))
     return 0
 
 

@@ -72,6 +72,9 @@ class TrainOptions:
     overwrite: bool = False
     keep_checkpoints: bool = False
     cache_dir: Path | None = None
+    chat_template: Path | None = None  # a Jinja file for chat data (default: the model's)
+    sample_prompts: Path | None = None  # one prompt a line, generated at every evaluation
+    sample_tokens: int = 32
     command: list[str] = field(default_factory=list)  # argv, to print the resume command
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,7 +130,8 @@ def validate_options(options: TrainOptions) -> None:
                         ("--save-steps", options.save_steps),
                         ("--lora-r", options.lora_r), ("--lora-alpha", options.lora_alpha),
                         ("--lstm-hidden", options.lstm_hidden),
-                        ("--lstm-layers", options.lstm_layers)):
+                        ("--lstm-layers", options.lstm_layers),
+                        ("--sample-tokens", options.sample_tokens)):
         positive_int(flag, value)
     if options.block_size is not None and options.block_size < 2:
         raise TextgenError(f"--block-size {options.block_size}: use at least 2 tokens.")
