@@ -271,3 +271,68 @@ async def test_context_meter_counts_the_templated_chat_prompt(scripted, tmp_path
         backend.release()
         await idle(pilot, app)
         assert app.status.context_used == templated + 2
+
+
+@pytest.mark.anyio
+async def test_a_typed_zero_width_joiner_is_kept(scripted, tmp_path):
+    app = scripted_app(scripted(), tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("👩", "\u200d", "👩", "\u200d", "👧")
+        assert app.prompt.text == "👩\u200d👩\u200d👧"
+
+
+@pytest.mark.anyio
+async def test_up_and_down_recall_prompts_shared_with_the_plain_repl(scripted, tmp_path):
+    from repl.plain import HISTORY_FILE, QuietFileHistory
+
+    QuietFileHistory(str(tmp_path / HISTORY_FILE)).store_string("typed in --plain")
+    app = scripted_app(scripted(), tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await submit(pilot, app, "first")
+        await pilot.press("d", "r", "a", "f", "t")
+        await pilot.press("up")
+        assert app.prompt.text == "first"
+        await pilot.press("up")
+        assert app.prompt.text == "typed in --plain"
+        await pilot.press("up")  # the oldest stays
+        assert app.prompt.text == "typed in --plain"
+        await pilot.press("down", "down")
+        assert app.prompt.text == "draft"
+    # The plain REPL reads what the TUI added (prompt_toolkit's file format).
+    strings = list(QuietFileHistory(str(tmp_path / HISTORY_FILE)).load_history_strings())
+    assert strings[:2] == ["first", "typed in --plain"]
+
+
+@pytest.mark.anyio
+async def test_model_dialog_shows_its_whole_help_and_lists_local_models(scripted, tmp_path,
+                                                                         monkeypatch):
+    from textual.widgets import OptionList
+
+    from repl.tui.screens import ModelScreen
+
+    models = tmp_path / "models"
+    (models / "mine").mkdir(parents=True)
+    (models / "mine" / "config.json").write_text("{}")
+    (models / "small.gguf").write_bytes(b"GGUF")
+    monkeypatch.setenv("TEXTGEN_MODELS_DIR", str(models))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    app = scripted_app(scripted(), tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, app)
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ModelScreen)
+        help_text = screen.query_one("#model-help", Static)
+        assert help_text.size.height >= 3  # wrapped, not cut at `a .ggu`
+        listed = screen.query_one("#model-list", OptionList)
+        ids = [listed.get_option_at_index(i).id for i in range(listed.option_count)]
+        assert ids == ["default", str(models / "mine"), str(models / "small.gguf")]
+        await pilot.press("down")  # from the spec field into the list
+        assert listed.has_focus
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, ModelScreen)
+        await until(pilot, lambda: app.spec == str(models / "mine"))  # and it loads

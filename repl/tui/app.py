@@ -44,6 +44,7 @@ from repl.session import Mode, Session, default_sessions_dir, load_session
 from repl.tui.clipboard import system_copy, write_copy
 from repl.tui.compare import CompareActions
 from repl.tui.footer import FittingFooter
+from repl.tui.history import PromptHistory, history_path
 from repl.tui.inspect_view import InspectActions
 from repl.tui.job import Job
 from repl.tui.prompt import PromptInput
@@ -205,7 +206,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield Transcript(id="transcript")
-                yield PromptInput(id="prompt")
+                yield PromptInput(PromptHistory(history_path(
+                    self.sessions_dir or default_sessions_dir())), id="prompt")
             yield SamplingPanel(self.conversation.params, self.conversation.mode, id="sampling")
         yield StatusBar(id="status")
         yield FittingFooter(compact=True)
