@@ -187,9 +187,19 @@ async def test_invalid_temperature_is_refused_with_a_message(tiny_loaded, tmp_pa
         top_k_error = app.panel.query_one("#top_k-error", Label)
         assert "top_k must be a whole number, not ''" in str(top_k_error.render())
         assert app.conversation.params.top_k == 50
-        await pilot.press("ctrl+s")  # back to the prompt, and the new value is used
+        await pilot.press("ctrl+s")  # back to the prompt
         assert app.prompt.has_focus
-        await submit(pilot, app)
+        await pilot.press(*"Once", "enter")  # refused: top-k shows no valid value
+        await pilot.pause()
+        assert not app.conversation.session.turns
+        top_k = app.panel.query_one("#top_k", Input)
+        assert top_k.has_focus
+        await pilot.press(*"50")
+        app.prompt.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: bool(app.conversation.session.turns)
+                    and bool(app.conversation.session.turns[0].completions))
+        await idle(pilot, app)
         assert app.conversation.session.turns[0].completion.params.temperature == 1.3
 
 

@@ -336,3 +336,33 @@ async def test_model_dialog_shows_its_whole_help_and_lists_local_models(scripted
         await pilot.pause()
         assert not isinstance(app.screen, ModelScreen)
         await until(pilot, lambda: app.spec == str(models / "mine"))  # and it loads
+
+
+@pytest.mark.anyio
+async def test_f6_picker_searches_prompts_and_completions(scripted, tmp_path):
+    from textual.widgets import OptionList
+
+    from repl.tui.session_picker import SessionPickerScreen
+
+    backend = scripted(["a reply about otters"])
+    app = scripted_app(backend, tmp_path)
+    async with app.run_test(size=(110, 30)) as pilot:
+        await ready(pilot, app)
+        await submit(pilot, app, "first story")
+        first = app.conversation.path
+        await pilot.press("ctrl+n")
+        backend.chunks = ["nothing here"]
+        await submit(pilot, app, "second story")
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        await pilot.press("f6")
+        await until(pilot, lambda: isinstance(app.screen, SessionPickerScreen))
+        listed = app.screen.query_one("#picker-list", OptionList)
+        assert listed.option_count == 2
+        await pilot.press("slash", *"OTTERS")  # any case; completions are searched too
+        await pilot.pause()
+        assert listed.option_count == 1
+        assert listed.get_option_at_index(0).id == str(first)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.conversation.path == first)
+        assert app.conversation.session.turns[0].prompt == "first story"
