@@ -163,28 +163,38 @@ def _write_gguf_tokenizer(gguf: Path, staging: Path) -> None:
     """The gguf's tokenizer and chat template as transformers files (imports transformers)."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    print(f"textgen: reading the tokenizer of {gguf.name} (once)...", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # a malformed gguf raises struct.error, UnicodeDecodeError, ...
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise TextgenError(f"{gguf}: not a valid gguf file ({type(exc).__name__}: "
+                           f"{first})") from None
     tokenizer.save_pretrained(staging)
     with contextlib.suppress(OSError, ValueError):  # eos from the tokenizer is enough
         GenerationConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
 
 
 def _run_converter(script: Path, folder: Path, out: Path) -> None:
-    """llama.cpp's converter in a child process; its progress bar goes to the terminal."""
+    """llama.cpp's converter in a child process, on a view of the folder whose config carries
+    the names the converter reads (transformers 5 saves GPT-2's context as n_positions only)."""
     print(f"textgen: converting {folder.name} for llama.cpp ({CONVERTED_FORMAT}, once)...",
           file=sys.stderr)
-    child = subprocess.Popen(
-        [sys.executable, str(script), str(folder), "--outfile", str(out),
+    source = out.parent / "source"
+    source.mkdir()
+    for file in folder.iterdir():
+        if file.is_file() and file.name != "config.json":
+            (source / file.name).symlink_to(file.resolve())
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    if "n_positions" in config:
+        config.setdefault("n_ctx", config["n_positions"])
+    (source / "config.json").write_text(json.dumps(config), "utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script), str(source), "--outfile", str(out),
          "--outtype", CONVERTED_FORMAT],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert child.stderr is not None
-    lines: list[str] = []
-    for line in child.stderr:  # the converter's log and tqdm bar, passed on as they come
-        if line.strip():
-            lines.append(line.rstrip())
-            sys.stderr.write(line)
-    if child.wait() != 0 or not out.is_file():
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    shutil.rmtree(source, ignore_errors=True)
+    if result.returncode != 0 or not out.is_file():
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise TextgenError(f"{folder}: llama.cpp's converter failed: "
                            f"{lines[-1] if lines else 'no output'}")
 
