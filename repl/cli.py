@@ -20,7 +20,7 @@ COMMAND_MODULES = ("repl.oneshot", "repl.serve", "repl.api", "repl.export",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from repl.options import add_model_arguments, add_sampling_arguments
+    from repl.options import add_chat_arguments, add_model_arguments, add_sampling_arguments
 
     parser = argparse.ArgumentParser(
         prog="textgen",
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where sessions are saved (default: $TEXTGEN_SESSIONS_DIR or "
                              "sessions/)")
     parser.add_argument("--chat", action="store_true", help="start in chat mode")
+    add_chat_arguments(parser)
     parser.set_defaults(func=run_interactive)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:

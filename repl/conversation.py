@@ -67,6 +67,20 @@ class Conversation:
         self.session.params = params
 
     @property
+    def system(self) -> str:
+        """The chat system prompt ("" for none): kept in the session file as an optional
+        field that older files lack (and older textgens keep as an unknown field)."""
+        value = self.session.extra.get("system", "")
+        return value if isinstance(value, str) else ""
+
+    @system.setter
+    def system(self, text: str) -> None:
+        if text.strip():
+            self.session.extra["system"] = text
+        else:
+            self.session.extra.pop("system", None)
+
+    @property
     def last_turn(self) -> Turn | None:
         return self.session.turns[-1] if self.session.turns else None
 
@@ -416,7 +430,8 @@ class Conversation:
         else:
             context = (self.session.messages_from(history) if history is not None
                        else self.session.chat_history(index))
-            messages = [*context, {"role": "user", "content": turn.prompt}]
+            system = [{"role": "system", "content": self.system}] if self.system else []
+            messages = [*system, *context, {"role": "user", "content": turn.prompt}]
             if continuing:
                 messages.append({"role": "assistant", "content": continuing})
             request = GenerationRequest.chat(messages, params)

@@ -9,10 +9,13 @@ import sys
 from repl.ending import Terminated, on_exit_signals
 from repl.errors import TextgenError
 from repl.options import (
+    add_chat_arguments,
     add_model_arguments,
     add_sampling_arguments,
     backend_options,
     params_from_args,
+    read_chat_template,
+    use_chat_template,
 )
 from repl.safe_text import for_stream, neutralise
 
@@ -26,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     parser.add_argument("--chat", action="store_true",
-                        help="send PROMPT as a user message through the chat template")
+                        help="send PROMPT as a user message through the chat template "
+                             "(--system implies it)")
+    add_chat_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print one JSON record (text, params, seed, stats) instead")
     parser.set_defaults(func=run)
@@ -41,12 +46,16 @@ def run(args: argparse.Namespace) -> int:
     except UnicodeEncodeError:  # bytes the locale could not decode, kept as lone surrogates
         raise TextgenError("the prompt is not valid UTF-8 text.") from None
     params = params_from_args(args)  # validate before the (slower) model load
-    if not prompt.strip() and args.chat:
+    chat = args.chat or bool(args.system)
+    if not prompt.strip() and chat:
         raise TextgenError("the prompt is empty.")
+    template = read_chat_template(args)
     generator = open_backend(args.model, **backend_options(args))
+    use_chat_template(generator, template)
     params.check_fits(generator.info.context_length)
-    if args.chat:
-        request = GenerationRequest.chat([{"role": "user", "content": prompt}], params)
+    if chat:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        request = GenerationRequest.chat([*system, {"role": "user", "content": prompt}], params)
     else:
         request = GenerationRequest(prompt=prompt, params=params)
     text: list[str] = []
@@ -78,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             "model": generator.info.to_dict(),
             "mode": request.mode,
             "prompt": prompt,
+            **({"messages": list(request.messages)} if request.messages is not None else {}),
             "text": "".join(text),
             "params": params.to_dict(),
             "seed": stats.seed,

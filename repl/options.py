@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 from typing import Any
 
+from repl.errors import TextgenError
 from repl.params import DEFAULT_PRESET, PRESETS, SamplingParams, preset
 
 
@@ -32,6 +35,50 @@ def add_model_arguments(parser: argparse.ArgumentParser, remote_key: bool = True
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="CPU threads for the llama.cpp backend (default: all cores)")
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    """--system and --chat-template: what chat mode sends besides the user's messages."""
+    parser.add_argument("--system", metavar="TEXT",
+                        help="a system prompt, sent first in chat mode (kept in the session)")
+    parser.add_argument("--chat-template", type=Path, metavar="FILE",
+                        help="a Jinja chat template to use instead of the model's own (for a "
+                             "fine-tuned model whose saved template is wrong or missing)")
+
+
+def read_chat_template(args: argparse.Namespace) -> str | None:
+    """The --chat-template file's text, or None; TextgenError when it cannot be used."""
+    path: Path | None = getattr(args, "chat_template", None)
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TextgenError(f"cannot read the chat template {path}: {exc}") from None
+    try:
+        import jinja2
+
+        jinja2.Environment().parse(text)
+    except ImportError:
+        pass
+    except jinja2.TemplateSyntaxError as exc:
+        raise TextgenError(f"{path}:{exc.lineno}: not a valid Jinja template: "
+                           f"{exc.message}") from None
+    if not text.strip():
+        raise TextgenError(f"the chat template {path} is empty.")
+    return text
+
+
+def use_chat_template(backend: Any, template: str | None) -> None:
+    """Make `backend` chat with `template` (both tokenizers read `chat_template` each time
+    they apply it), and say in its info that it can chat."""
+    if template is None:
+        return
+    if getattr(backend, "tokenizer", None) is None:
+        raise TextgenError(f"{backend.info.name} renders its own chat prompts; --chat-template "
+                           "works with local models only.")
+    backend.tokenizer.chat_template = template
+    backend.info = dataclasses.replace(backend.info, has_chat_template=True)
 
 
 def positive_int(text: str) -> int:

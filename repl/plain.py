@@ -26,7 +26,12 @@ from prompt_toolkit.output import create_output
 from repl.conversation import Conversation
 from repl.ending import Terminated, on_exit_signals
 from repl.errors import TextgenError
-from repl.options import backend_options, params_from_args
+from repl.options import (
+    backend_options,
+    params_from_args,
+    read_chat_template,
+    use_chat_template,
+)
 from repl.params import PARAM_NAMES, PRESETS, SamplingParams, preset
 from repl.safe_text import for_stream, neutralise, printable
 from repl.session import (
@@ -63,6 +68,8 @@ prompt that starts with /.
   /model SPEC        switch model (default, models/NAME, a .gguf file, a hub id)
   /replay [N]        regenerate alternative N (default: the selected one) from its stored seed
                      and parameters, and say whether the text came out the same
+  /system [TEXT]     set the chat system prompt (kept in the session); `/system off` clears
+                     it; no TEXT shows it
   /help              this text
   /quit              leave
 """
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
     else:
         params = params_from_args(args)
         session = None
+    template = read_chat_template(args)
     note("loading model...")
     try:
         generator = open_backend(spec, **backend_options(args))
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
         # The session's own model is gone (a moved folder): carry on with the one asked for.
         note(f"textgen: note: cannot load the session's model ({exc}); using {args.model}")
         generator = open_backend(args.model, **backend_options(args))
+    use_chat_template(generator, template)
     params.check_fits(generator.info.context_length)
     if session is None:
         session = Session(model={"spec": generator.info.spec, "name": generator.info.name})
@@ -105,6 +114,8 @@ def run(args: argparse.Namespace, *, interactive: bool | None = None) -> int:
     if conversation.lock_note:
         note(f"textgen: note: {conversation.lock_note}")
     conversation.set_generator(generator)
+    if getattr(args, "system", None) is not None:
+        conversation.system = args.system
     if interactive is None:
         interactive = sys.stdin.isatty()
     repl = PlainRepl(conversation, sessions_dir, interactive=interactive,
@@ -162,8 +173,9 @@ class PlainRepl:
         self.commands: dict[str, Callable[[str], None]] = {
             "regen": self.cmd_regen, "alt": self.cmd_alt, "continue": self.cmd_continue,
             "set": self.cmd_set, "preset": self.cmd_preset, "params": self.cmd_params,
-            "mode": self.cmd_mode, "save": self.cmd_save, "load": self.cmd_load,
-            "new": self.cmd_new, "export": self.cmd_export, "model": self.cmd_model,
+            "mode": self.cmd_mode, "system": self.cmd_system, "save": self.cmd_save,
+            "load": self.cmd_load, "new": self.cmd_new, "export": self.cmd_export,
+            "model": self.cmd_model,
             "replay": self.cmd_replay, "help": self.cmd_help, "quit": self.cmd_quit,
             "exit": self.cmd_quit,
         }
@@ -388,6 +400,17 @@ class PlainRepl:
         for name, value in self.conversation.params.to_dict().items():
             self._say(f"{name:22} {value!r}")
 
+    def cmd_system(self, rest: str) -> None:
+        conversation = self.conversation
+        if rest:
+            conversation.system = "" if rest == "off" else rest
+            conversation.save()
+        if conversation.system:
+            note(f"system prompt: {neutralise(conversation.system)}"
+                 + ("" if conversation.mode == "chat" else " (used in chat mode: /mode chat)"))
+        else:
+            note("no system prompt")
+
     def cmd_mode(self, rest: str) -> None:
         if rest not in ("chat", "complete"):
             raise TextgenError("usage: /mode chat or /mode complete.")
@@ -438,7 +461,9 @@ class PlainRepl:
         generator = self.conversation.generator
         model = ({"spec": generator.info.spec, "name": generator.info.name} if generator
                  else dict(self.conversation.session.model))
+        system = self.conversation.system  # a setting, like the params: it carries over
         self.conversation.open(Session(model=model, params=self.conversation.params), None)
+        self.conversation.system = system
         note("new session")
 
     def cmd_export(self, rest: str) -> None:

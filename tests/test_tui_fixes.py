@@ -131,9 +131,13 @@ async def test_footer_at_80_columns_shows_no_stray_text(scripted, tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot, app)
         footer = app.screen.query_one("Footer")
-        keys = [k for k in footer.query("FooterKey") if k.display]
-        right = max(k.region.right for k in keys)
-        assert right <= 80
+
+        def shown() -> list:
+            return [k for k in footer.query("FooterKey") if k.display]
+
+        # The footer fits itself after a layout: wait for that, however slow the machine.
+        await until(pilot, lambda: max(k.region.right for k in shown()) <= 80)
+        keys = shown()
         regions = sorted((k.region for k in keys), key=lambda r: r.x)
         for left, right_key in itertools.pairwise(regions):
             assert left.right <= right_key.x, "footer keys overlap"
@@ -366,3 +370,22 @@ async def test_f6_picker_searches_prompts_and_completions(scripted, tmp_path):
         await pilot.press("enter")
         await until(pilot, lambda: app.conversation.path == first)
         assert app.conversation.session.turns[0].prompt == "first story"
+
+
+@pytest.mark.anyio
+async def test_system_prompt_field_is_sent_first_and_kept_in_the_session(scripted, tmp_path):
+    from repl.session import load_session
+
+    backend = scripted()
+    app = scripted_app(backend, tmp_path)
+    app.conversation.mode = "chat"
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        app.panel.query_one("#system", Input).value = "Answer in French."
+        await pilot.pause()
+        app.prompt.focus()
+        await submit(pilot, app, "hi")
+        messages = backend.requests[-1].messages
+        assert messages[0] == {"role": "system", "content": "Answer in French."}
+        assert messages[-1] == {"role": "user", "content": "hi"}
+        assert load_session(app.conversation.path).extra["system"] == "Answer in French."

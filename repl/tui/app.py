@@ -39,6 +39,7 @@ from repl.engine import (
     TransformersBackend,
 )
 from repl.errors import TextgenError
+from repl.options import use_chat_template
 from repl.params import PARAM_NAMES, SamplingParams
 from repl.session import Mode, Session, default_sessions_dir, load_session
 from repl.tui.clipboard import system_copy, write_copy
@@ -177,9 +178,12 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                  mode: Mode = "complete", session: Session | None = None,
                  session_path: Path | None = None, sessions_dir: Path | None = None,
                  loaded: LoadedModel | None = None, backend: str = "auto",
-                 threads: int | None = None, api_key: str | None = None) -> None:
+                 threads: int | None = None, api_key: str | None = None,
+                 system: str | None = None, chat_template: str | None = None) -> None:
         super().__init__()
         self.spec = spec
+        # --chat-template's text: used by the model the app starts with (it was given for it).
+        self.chat_template = (spec, chat_template) if chat_template else None
         # How every model of this app is opened (the chat's, the switch's, compare's);
         # api_key: for a URL spec's server (repl/engine/remote.py).
         self.engine_options = {"device": device, "dtype": dtype, "backend": backend,
@@ -191,6 +195,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                               params=params or SamplingParams())
         self.conversation = Conversation(session, sessions_dir=sessions_dir, path=session_path,
                                          mode=mode)
+        if system is not None:
+            self.conversation.system = system
         self.job: Job | None = None
         self.pending_generator: Backend | None = None
         self.quit_after_job = False
@@ -208,7 +214,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                 yield Transcript(id="transcript")
                 yield PromptInput(PromptHistory(history_path(
                     self.sessions_dir or default_sessions_dir())), id="prompt")
-            yield SamplingPanel(self.conversation.params, self.conversation.mode, id="sampling")
+            yield SamplingPanel(self.conversation.params, self.conversation.mode,
+                                self.conversation.system, id="sampling")
         yield StatusBar(id="status")
         yield FittingFooter(compact=True)
 
@@ -283,6 +290,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         """Loader thread: torch and transformers are imported here, never on the UI thread."""
         try:
             generator = self.open_model(spec)
+            if self.chat_template is not None and self.chat_template[0] == spec:
+                use_chat_template(generator, self.chat_template[1])
             warm_up(generator)
         except Exception as exc:  # any failure is shown, the app keeps running
             message = str(exc) if isinstance(exc, TextgenError | ValueError) else (
@@ -575,6 +584,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.conversation = Conversation(session, old.generator, sessions_dir=self.sessions_dir,
                                          mode=old.mode)
         self.conversation.inspect = old.inspect
+        self.conversation.system = old.system  # a setting, like the params: it carries over
         await self.transcript.load([])
         self.prompt.clear()
         self.prompt.focus()
@@ -615,6 +625,10 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.panel.set_mode(self.conversation.mode)
             return
         self._set_mode(message.mode)
+
+    @on(SamplingPanel.SystemChanged)
+    def _system_changed(self, message: SamplingPanel.SystemChanged) -> None:
+        self.conversation.system = message.text
 
     @on(SamplingPanel.Changed)
     def _params_changed(self, message: SamplingPanel.Changed) -> None:
@@ -680,6 +694,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                         severity="warning", timeout=15)
             self.conversation.lock_note = None
         self.panel.set_params(session.params)
+        self.panel.set_system(self.conversation.system)
         self._set_mode(self.conversation.mode)
         self.transcript.load(session.turns)
         self.status.finish = ""
@@ -761,7 +776,7 @@ def warm_up(generator: Backend) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`textgen` on a terminal: open the TUI (on a resumed session with --session FILE)."""
-    from repl.options import backend_options, params_from_args
+    from repl.options import backend_options, params_from_args, read_chat_template
 
     params = params_from_args(args)
     sessions_dir = args.sessions_dir or default_sessions_dir()
@@ -780,8 +795,10 @@ def run(args: argparse.Namespace) -> int:
             mode = session.turns[-1].mode
         if spec == "default" and session.model.get("spec"):
             spec = session.model["spec"]  # reopen with the model it was made with
+    system = getattr(args, "system", None)
     app = TextgenApp(spec, params=params, mode=mode, session=session,
                      session_path=args.session, sessions_dir=sessions_dir,
+                     system=system, chat_template=read_chat_template(args),
                      **backend_options(args))
     result = app.run()
     status = _exit_status(app, result or 0)

@@ -89,10 +89,19 @@ class SamplingPanel(VerticalScroll):
             super().__init__()
             self.mode = mode
 
-    def __init__(self, params: SamplingParams, mode: Mode = "complete", **kwargs) -> None:
+    class SystemChanged(Message):
+        """The chat system prompt was edited ("" for none)."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, params: SamplingParams, mode: Mode = "complete", system: str = "",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.params = params
         self.mode: Mode = mode
+        self.system = system
         self.context_length: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -106,6 +115,11 @@ class SamplingPanel(VerticalScroll):
             yield Label("mode", classes="name")
             yield Select([(m, m) for m in MODES], value=self.mode, allow_blank=False,
                          compact=True, id="mode")
+        with Horizontal(classes="row"):
+            yield Label("system", classes="name")
+            yield Input(self.system, id="system", compact=True, placeholder="none",
+                        tooltip="Chat mode's system prompt, sent before the conversation; "
+                                "kept in the session")
         with Horizontal(classes="row"):
             yield Label("sample", classes="name")
             yield Switch(self.params.do_sample, animate=False, id="do_sample",
@@ -153,17 +167,31 @@ class SamplingPanel(VerticalScroll):
         if event.value != self.params.do_sample:
             self._apply(self.params.replace(do_sample=event.value))
 
+    @on(Input.Changed, "#system")
+    def _system_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if event.value != self.system:
+            self.system = event.value
+            self.post_message(self.SystemChanged(event.value))
+
+    def set_system(self, text: str) -> None:
+        self.system = text
+        with self.prevent(Input.Changed):
+            self.query_one("#system", Input).value = text
+
     @on(Input.Blurred)
     def _input_left(self, event: Input.Blurred) -> None:
         """Leaving a field that is still empty says why it was not applied."""
         event.stop()
-        if not event.value.strip():
+        if event.input.id != "system" and not event.value.strip():
             self._input_changed(event)
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed | Input.Blurred) -> None:
         event.stop()
         name = event.input.id or ""
+        if name == "system":  # free text: `_system_changed`
+            return
         error = self.query_one(f"#{name}-error", Label)
         result = event.validation_result
         typing = isinstance(event, Input.Changed)
