@@ -176,7 +176,8 @@ def pick_dtype(device: str, dtype: str | None = None) -> torch.dtype:
 
 
 def resolve_spec(spec: str) -> tuple[str, Path | str]:
-    """Classify a spec as ("default", dir) | ("dir", path) | ("gguf", path) | ("hub", id)."""
+    """Classify a spec as ("default", dir) | ("dir", path) | ("adapter", path) | ("gguf", path)
+    | ("hub", id). An adapter is a LoRA folder (`textgen-train --lora-save adapter`)."""
     spec = spec.strip()
     if not spec:
         raise TextgenError(
@@ -186,6 +187,8 @@ def resolve_spec(spec: str) -> tuple[str, Path | str]:
         return "default", spec
     path = Path(spec).expanduser()
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return "adapter", path
         if not (path / "config.json").is_file():
             raise TextgenError(
                 f"{spec}: not a model directory (no config.json); expected a folder saved "
@@ -219,6 +222,8 @@ def load_model(spec: str = DEFAULT_SPEC, device: str | None = None,
     elif kind == "dir":
         model, tokenizer = _load_dir(Path(where), torch_dtype)
         name = Path(where).resolve().name
+    elif kind == "adapter":
+        model, tokenizer, name = _load_adapter(Path(where), device, dtype)
     elif kind == "gguf":
         model, tokenizer = _load_dir(Path(where).parent, torch_dtype, gguf_file=Path(where).name)
         name = Path(where).stem
@@ -238,6 +243,33 @@ def load_model(spec: str = DEFAULT_SPEC, device: str | None = None,
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _load_adapter(path: Path, device: str, dtype: str | None) -> tuple[Any, Any, str]:
+    """Base model (the spec in textgen_adapter.json, else peft's base path) + the LoRA adapter,
+    merged into a plain model so every engine path runs it."""
+    import json
+
+    try:
+        recorded = json.loads((path / "textgen_adapter.json").read_text())["base"]
+    except (OSError, ValueError, KeyError):
+        recorded = json.loads((path / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+    if not recorded or Path(str(recorded)).expanduser().resolve() == path.resolve():
+        raise TextgenError(f"{path}: a LoRA adapter that does not say its base model.")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise TextgenError(f"{path} is a LoRA adapter; loading it needs peft "
+                           "(pip install peft).") from None
+    base = load_model(str(recorded), device=device, dtype=dtype)
+    model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+    tokenizer = base.tokenizer
+    if (path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, f"{base.info.name} + {path.resolve().name}"
 
 
 def context_length(config: Any) -> int | None:

@@ -10,8 +10,8 @@ alternatives. No second forward pass: the cost is one softmax and one top-k per 
 
 `generate()` runs custom logits processors before its sampling warpers, so on that path the
 warpers are built here, in `generate()`'s own order, ahead of the recorder (and switched off in
-the arguments); the output is the same token for token. The fast path (repl/fast.py) calls no
-custom processor but hands the processed scores to the stopping criteria, where they are taken.
+the arguments); the output is the same token for token. The llama.cpp backend runs the same
+processors itself and calls `record` with each step's processed scores.
 
 This module imports torch only inside the hooks, so the TUI can import it before a model loads.
 """
@@ -84,7 +84,8 @@ class TokenTrace:
             self.recorded += 1
 
     def generate_kwargs(self, kwargs: dict[str, Any], plain: bool) -> dict[str, Any]:
-        """`kwargs` for `generate` (plain) or the fast path, with the recording hooks added."""
+        """`kwargs` for `generate`, with the recording hooks added (`plain=False`: only the
+        stopping criterion, for a caller that applies the warpers itself)."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from repl.params import sampling_warpers

@@ -284,9 +284,9 @@ def serving(backend: Backend, config: ApiConfig) -> Iterator[tuple[str, Any]]:
 
 
 @pytest.fixture
-def gated():
+def gated(tmp_path):
     backend = GatedBackend()
-    with serving(backend, ApiConfig(max_queue=1)) as (url, app):
+    with serving(backend, ApiConfig(max_queue=1, log_sessions=tmp_path)) as (url, app):
         yield backend, url, app.state.served.runner
 
 
@@ -318,8 +318,9 @@ def test_a_full_queue_answers_429_with_retry_after(gated):
         assert backend.endings == ["length", "length"]
 
 
-def test_a_client_that_drops_mid_stream_frees_its_slot(gated):
+def test_a_client_that_drops_mid_stream_frees_its_slot(gated, tmp_path):
     backend, url, runner = gated
+    logs = tmp_path
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", f"{url}/completions",
                          json={"prompt": "dropped", "stream": True}) as response:
@@ -338,6 +339,21 @@ def test_a_client_that_drops_mid_stream_frees_its_slot(gated):
     assert answer["text"] == "<next> done"
     assert backend.endings == ["cancelled", "length"]
     assert runner.running == 0 and runner.waiting == 0
+    logged = {s.turns[0].prompt: s.turns[0].completion for s in map(load_session, logs.glob("*"))}
+    assert (logged["dropped"].text, logged["dropped"].finish) == ("<dropped>", "cancelled")
+
+
+def test_a_client_that_drops_a_whole_answer_frees_its_slot(gated):
+    backend, url, runner = gated
+    port = int(url.split(":")[2].split("/")[0])
+    body = b'{"prompt": "gone"}'
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                    b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert backend.started.acquire(timeout=60)
+    # Closed before any answer: the generation, still waiting on the test, must be cancelled.
+    wait_for(lambda: backend.endings == ["cancelled"], "the dropped request to be cancelled")
+    wait_for(lambda: runner.running == 0, "the slot to be freed")
 
 
 def test_only_allowed_web_origins_may_call_it():

@@ -235,11 +235,12 @@ def test_lora_trains_adapters_and_saves_a_plain_merged_model(tiny_model_dir, cor
 @pytest.mark.slow
 def test_two_gloo_processes_under_torchrun(tiny_model_dir, corpus, tmp_path):
     output = tmp_path / "ddp"
+    odd_blocks = ["--valid-fraction", "0.1", "--eval-blocks", "3"]  # 3 blocks on 2 ranks
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHECKOUT)}
     done = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "trainer",
-         *train_args(tiny_model_dir, corpus, output, "--max-steps", "3")],
+         *train_args(tiny_model_dir, corpus, output, "--max-steps", "3", *odd_blocks)],
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     report = json.loads((output / "report.json").read_text())
@@ -247,6 +248,11 @@ def test_two_gloo_processes_under_torchrun(tiny_model_dir, corpus, tmp_path):
     assert report["tokens_seen"] == 3 * 2 * 32 * 2  # steps x batch x block x processes
     assert report["steps"] == 3
     streams_text(output)
+    # the validation loss sums per-token losses over both ranks: a single process agrees
+    single = tmp_path / "single"
+    assert main(train_args(tiny_model_dir, corpus, single, "--max-steps", "1", *odd_blocks)) == 0
+    alone = json.loads((single / "report.json").read_text())["validation"]["loss_before"]
+    assert report["validation"]["loss_before"] == pytest.approx(alone, rel=1e-6)
 
 
 def test_overwrite_keeps_the_old_model_when_the_new_run_is_refused(tiny_model_dir, corpus,

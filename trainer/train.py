@@ -347,6 +347,12 @@ def save_trained_model(plan: TrainPlan, model: Any, tokenizer: Any) -> None:
     if plan.options.save_dtype == "bf16":
         model = model.to(torch.bfloat16)
     save_model(model, tokenizer, plan.output)
+    if plan.lora and plan.options.lora_save == "adapter":
+        # What `--model models/NAME` loads the adapter onto (repl/models.py).
+        spec = plan.options.model
+        base = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() \
+            else spec
+        write_json(plan.output / "textgen_adapter.json", {"base": base})
 
 
 def build_report(plan: TrainPlan, trainer_state: Any, state: RunState, loaded: LoadedModel,

@@ -9,6 +9,7 @@ server-sent events ending in `data: [DONE]`; every refusal is OpenAI's error JSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -153,17 +154,18 @@ def create_app(backend: Backend, config: ApiConfig | None = None,
         return served.model_card()
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionBody) -> Any:
-        return await _answer(served, body, "completions")
+    async def completions(body: CompletionBody, request: Request) -> Any:
+        return await _answer(served, body, "completions", request)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(body: ChatBody) -> Any:
-        return await _answer(served, body, "chat")
+    async def chat_completions(body: ChatBody, request: Request) -> Any:
+        return await _answer(served, body, "chat", request)
 
     return app
 
 
-async def _answer(served: Served, body: CompletionBody | ChatBody, endpoint: str) -> Any:
+async def _answer(served: Served, body: CompletionBody | ChatBody, endpoint: str,
+                  http: Request) -> Any:
     served.check_model(body.model)
     requests = requests_for(body, body.params(served.config.defaults))
     served.check(requests)
@@ -184,9 +186,33 @@ async def _answer(served: Served, body: CompletionBody | ChatBody, endpoint: str
                                  headers={"Cache-Control": "no-cache"},
                                  background=BackgroundTask(ticket.leave))
     try:
-        return await answer.whole()
+        return await _unless_gone(http, answer.whole())
     finally:
         ticket.leave()
+
+
+async def _unless_gone(http: Request, work: Any) -> Any:
+    """Await `work`, cancelling it (and so its generation) if the client disconnects first;
+    streams get this from Starlette, whole answers from here."""
+    async def gone() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the server is shutting down: the generation goes too
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ApiError(499, "the client closed the connection.")
+    return task.result()
 
 
 class _Answer:
