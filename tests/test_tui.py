@@ -229,15 +229,15 @@ async def test_preset_picker_sets_every_field(tiny_loaded, tmp_path):
 @pytest.mark.anyio
 async def test_switch_model_loads_in_background(tiny_loaded, tiny_model_dir, tmp_path,
                                                 monkeypatch):
-    import repl.models
+    import repl.engine
 
-    real_load = repl.models.load_model
+    real_open = repl.engine.open_backend
 
-    def slow_load(*args, **kwargs):  # long enough to show the UI stays live meanwhile
-        time.sleep(1.0)
-        return real_load(*args, **kwargs)
+    def slow_open(*args, **kwargs):  # long enough to show the UI stays live meanwhile
+        time.sleep(1.0)  # (a cached llama.cpp conversion opens faster than a key press)
+        return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(repl.models, "load_model", slow_load)
+    monkeypatch.setattr(repl.engine, "open_backend", slow_open)
     app = make_app(tiny_loaded, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         old = app.conversation.generator
