@@ -58,15 +58,18 @@ class ModelInfo:
 
     @property
     def runs_on(self) -> str:
-        """Backend, device and weight format, e.g. `llama.cpp cpu/Q4_1`."""
-        return f"{self.backend} {self.device}/{self.dtype}"
+        """What runs it, short enough for a status bar: `llama.cpp Q4_1` (the weight format),
+        or the device and dtype of transformers, the reference (`cpu/float32`)."""
+        if self.backend == "transformers":
+            return f"{self.device}/{self.dtype}"
+        return f"{self.backend} {self.dtype}"
 
     def summary(self) -> str:
         """One line for a status bar or a log: name, size, backend, device and weights, context."""
         context = f"{self.context_length} ctx" if self.context_length else "no ctx limit"
         note = f" ({self.note})" if self.note else ""
-        return (f"{self.name} · {self.parameters / 1e6:.0f}M params · "
-                f"{self.runs_on}{note} · {context}")
+        return (f"{self.name} · {self.parameters / 1e6:.0f}M params · {self.backend} "
+                f"{self.device}/{self.dtype}{note} · {context}")
 
 
 @dataclass

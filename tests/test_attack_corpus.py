@@ -252,7 +252,8 @@ def test_sessions_list_and_search_show_escapes_and_list_past_a_bad_title(tmp_pat
             assert result.returncode == 0, result.stderr
             assert b"Traceback" not in result.stderr
             lines = result.stdout.splitlines()
-            assert len(lines) == 3, (env, command, result.stdout)
+            # Each of the three files is listed (search shows each hit, prompt and text).
+            assert len({line.split()[0] for line in lines}) == 3, (env, command, result.stdout)
             assert b"\x1b" not in result.stdout and b"\x07" not in result.stdout
     # The files keep their exact text.
     texts = [load_session(p).turns[0].completions[0].text for p in tmp_path.glob("*.json")]

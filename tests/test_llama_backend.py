@@ -45,7 +45,7 @@ def test_stats_say_which_backend_and_weights_ran(tiny_llama):
     _, stats, _ = run(tiny_llama, GenerationRequest("Hi", SamplingParams(max_new_tokens=3)))
     assert (stats.engine, stats.weights) == ("llama.cpp", "Q8_0")
     assert tiny_llama.info.backend == "llama.cpp" and tiny_llama.info.dtype == "Q8_0"
-    assert tiny_llama.info.runs_on.startswith("llama.cpp cpu")
+    assert tiny_llama.info.runs_on == "llama.cpp Q8_0"
 
 
 def test_regenerate_reuses_the_prompts_kv_cache(tiny_llama):

@@ -86,7 +86,7 @@ class TextgenTrainer(Trainer):
         model.eval()
         device = self.args.device
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, tokens
-        bar = tqdm.tqdm(total=len(dataset), desc="validation", unit="block", leave=False,
+        bar = tqdm.tqdm(total=len(dataset), desc="validation", unit="block", leave=True,
                         disable=not (self.progress and self.is_world_process_zero()),
                         dynamic_ncols=True)
         try:

@@ -25,8 +25,9 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_SESSIONS = 4  # each tab loads its own model: ~0.5-2 GB apiece
 TOKEN_ENV = "TEXTGEN_SERVE_TOKEN"
 # Flags handed on to each app process unchanged, when the user gave them.
-_VALUE_FLAGS = ("device", "dtype", "preset", "max_new_tokens", "temperature", "top_k", "top_p",
-                "min_p", "repetition_penalty", "no_repeat_ngram_size", "seed")
+_VALUE_FLAGS = ("device", "dtype", "backend", "threads", "preset", "max_new_tokens",
+                "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                "no_repeat_ngram_size", "seed")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

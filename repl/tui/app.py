@@ -333,7 +333,9 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.conversation.set_generator(generator)
         info = generator.info
         self.status.model = info.name
-        self.status.device = info.runs_on + (f" ({info.note})" if info.note else "")
+        self.status.device = info.runs_on
+        if info.note:  # the backend asked for could not take this model: say why, once
+            self.notify(info.note, title="Backend", timeout=8)
         self.status.context_size = info.context_length
         self.status.busy = ""
         self.panel.context_length = info.context_length

@@ -28,14 +28,15 @@ class StatusBar(Static):
         if self.device:
             parts.append((f"{self.device} ", "$text-muted"))
         rate = f"{self.tokens_per_s:.1f} tok/s" if self.tokens_per_s else "– tok/s"
-        parts += ["│ ", rate, " │ "]
+        # Why the last generation stopped comes before the context meter: at 80 columns the
+        # bar is cut at its end, and the finish reason is what a user looks for.
+        parts += ["│ ", rate, " │ last: "]
+        parts.append((self.finish or "–", FINISH_STYLES.get(self.finish, "")))
         if self.context_size:
             used = "–" if self.context_used is None else str(self.context_used)
-            parts.append(f"ctx {used}/{self.context_size}")
+            parts.append(f" │ ctx {used}/{self.context_size}")
         else:
-            parts.append("ctx –")
-        parts.append(" │ last: ")
-        parts.append((self.finish or "–", FINISH_STYLES.get(self.finish, "")))
+            parts.append(" │ ctx –")
         parts.append(f" │ {self.mode}")
         if self.busy:
             parts += [" │ ", (self.busy, "bold $accent")]
