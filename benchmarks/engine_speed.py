@@ -357,14 +357,14 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from repl.engine.llama import default_threads
+    from repl.engine.cpu import usable_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per row (median)")
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--models", default="default,gpt2-small",
                         help="comma-separated: default, gpt2-small")
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--data-dir", type=Path,
                         default=ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1",
                         help="a folder with wiki.test.raw (WikiText-2 raw)")

@@ -34,7 +34,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, remote_key: bool = True
                              "path), or auto: llama.cpp where it can run the model on the CPU "
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="CPU threads for the llama.cpp backend (default: all cores)")
+                        help="CPU threads for the llama.cpp backend (default: at each "
+                             "generation, the cores other processes leave free)")
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,12 +16,12 @@ so a long prompt shows how far it is and Esc / Ctrl+C stops it between chunks.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from repl.engine import cpu
 from repl.engine.base import Backend, draw_seed, eos_ids
 from repl.engine.request import (
     FinishReason,
@@ -66,14 +66,6 @@ def unavailable_reason(spec: str) -> str | None:
     return None
 
 
-def default_threads() -> int:
-    """Every core this process may use (a laptop has 8-16; this machine 2)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
 
@@ -87,6 +79,9 @@ class LlamaCppBackend(Backend):
         self.prefill_chunk = PREFILL_CHUNK  # at most the n_batch the context was made with
         self._prompt_logits: tuple[list[int], Any] | None = None  # (prompt ids, its logits)
         self._torch_ready = threading.Event()
+        self.fixed_threads: int | None = None  # --threads N; None: free cores, per generation
+        self.max_threads = cpu.usable_cores()
+        self.threads = self.max_threads  # what the context runs with now
 
     @classmethod
     def open(cls, spec: str, threads: int | None = None) -> LlamaCppBackend:
@@ -97,11 +92,12 @@ class LlamaCppBackend(Backend):
 
         model = gguf_model(spec)
         tokenizer = FastTokenizer.from_dir(model.tokenizer_dir)
-        threads = threads or default_threads()
-        llm = _load_llama(model, threads)
+        most = threads or cpu.usable_cores()
+        llm = _load_llama(model, most)
         info = _model_info(spec, model, llm, tokenizer, threads)
         eos = eos_ids(tokenizer.eos_token_id, *_generation_eos(model.tokenizer_dir))
         backend = cls(llm, tokenizer, info, eos)
+        backend.fixed_threads, backend.max_threads, backend.threads = threads, most, most
         threading.Thread(target=backend._import_torch, daemon=True,
                          name="textgen-import-torch").start()
         return backend
@@ -123,6 +119,7 @@ class LlamaCppBackend(Backend):
 
     def _stream(self, request: GenerationRequest) -> Iterator[StreamItem]:
         started = time.perf_counter()
+        self._pick_threads()
         params = request.params
         ids, trimmed = self.encode(request)
         if trimmed:
@@ -168,6 +165,16 @@ class LlamaCppBackend(Backend):
             if tail:
                 yield tail
         yield self._stats(started, ids, new_ids, first_at, finish, seed, trimmed, reused)
+
+    def _pick_threads(self) -> None:
+        """Run on the cores other processes leave free now, unless --threads fixed it (see
+        repl/engine/cpu.py: a thread that shares its core stalls every other one)."""
+        threads = self.fixed_threads or cpu.free_cores(self.max_threads)
+        if threads != self.threads:
+            from llama_cpp import llama_set_n_threads
+
+            llama_set_n_threads(self.llm._ctx.ctx, threads, threads)
+            self.threads = threads
 
     def _prefill(self, ids: list[int]) -> Generator[Progress, None, tuple[int, Any] | None]:
         """Bring the context to `ids`, reusing the cached tokens they start with; returns
@@ -329,14 +336,15 @@ def _load_llama(model: GgufModel, threads: int) -> Any:
         raise TextgenError(f"{model.gguf}: llama.cpp cannot load it: {exc}") from exc
 
 
-def _model_info(spec: str, model: GgufModel, llm: Any, tokenizer: Any, threads: int) -> Any:
+def _model_info(spec: str, model: GgufModel, llm: Any, tokenizer: Any,
+                threads: int | None) -> Any:
     from repl.models import ModelInfo
 
     file_type = llm.metadata.get("general.file_type")
     weights = FILE_TYPES.get(int(file_type), f"type {file_type}") if file_type else "gguf"
     return ModelInfo(
         spec=spec, name=model.name, parameters=int(llm._model.n_params()),
-        context_length=llm.n_ctx(), device=f"cpu×{threads}", dtype=weights,
+        context_length=llm.n_ctx(), device=f"cpu×{threads or 'auto'}", dtype=weights,
         has_chat_template=bool(tokenizer.chat_template), backend="llama.cpp")
 
 
