@@ -1,5 +1,6 @@
 """The F5 screen's views of a run: samples at each evaluation, the timeline (F7) and the diff
-(F8), each a real `textgen-train` child process on tiny models."""
+(F8), each a real `textgen-train` child process on tiny models (a real training run's samples
+and timeline: tests/test_train_screen.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.containers import HorizontalScroll, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.widgets import Input, Static
 
 from repl.tui.run_views import DiffScreen, TimelineScreen, coloured_pieces, diff_text_args
@@ -57,44 +58,6 @@ def test_sample_records_are_kept_by_step_and_shown_newest_first(tmp_path):
     assert shown.index("step 4") < shown.index("step 0")
     assert "The city is new" in shown and "was ⏎ old" in shown
     assert "\x1b" not in shown  # a model's escape sequence is shown, not obeyed
-
-
-@pytest.mark.anyio
-async def test_a_real_run_shows_samples_then_its_timeline(tiny_loaded, tiny_model_dir,
-                                                          tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "a.txt").write_text("The lighthouse keeper counted the ships in the harbour. "
-                                  * 300)
-    app = make_app(tiny_loaded, tmp_path)
-    output = tmp_path / "ft"
-    async with app.run_test(size=(120, 40)) as pilot:
-        screen = await open_trainer(pilot, app, model=str(tiny_model_dir), data=str(corpus),
-                                    steps="4", lr="0.001", output=str(output))
-        await pilot.press("f7")  # nothing finished yet: refused with a word
-        assert isinstance(app.screen, TrainScreen)
-        await pilot.press("ctrl+r")
-        await until(pilot, lambda: screen.finished == output, timeout=180)
-        # Samples at every evaluation (before training, each --eval-steps, the end).
-        assert sorted(screen.run.samples) == [0, 1, 2, 3, 4]
-        panel = str(screen.query_one("#train-samples", Static).render())
-        assert panel.index("step 4") < panel.index("step 0")
-        assert "The history of the city" in panel
-        await pilot.press("f7")
-        await until(pilot, lambda: isinstance(app.screen, TimelineScreen))
-        timeline = app.screen
-        await until(pilot, lambda: timeline.result is not None or timeline.error, timeout=120)
-        assert timeline.error is None
-        labels = [s["label"] for s in timeline.result["stages"]]
-        # Checkpoints are kept at each evaluation (the newest two and the best).
-        assert labels[0] == "base" and labels[-1] == "final" and len(labels) >= 3
-        assert all(label.startswith("checkpoint-") for label in labels[1:-1])
-        await pilot.pause()
-        panes = timeline.query_one("#timeline-stages", HorizontalScroll).query(".timeline-stage")
-        assert [p.border_title.split(" · ")[0] for p in panes] == labels
-        assert "val ppl" in panes[0].border_title
-        await pilot.press("escape")
-        assert app.screen is screen
 
 
 @pytest.mark.anyio
