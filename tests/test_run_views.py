@@ -75,7 +75,11 @@ async def test_timeline_of_a_typed_run_then_another_seed(tiny_loaded, run,
             ("base", 0), ("checkpoint-2", 2), ("checkpoint-4", 4), ("final", 6)]
         await pilot.pause()
         titles = [p.border_title for p in timeline.query(".timeline-stage")]
-        assert titles[1] == "checkpoint-2 · step 2 · val ppl 54.60"  # e^4, its own step
+        assert titles[1] == "checkpoint-2"
+        subtitles = [p.border_subtitle for p in timeline.query(".timeline-stage")]
+        assert subtitles[1] == "step 2 · val ppl 54.60"  # e^4: its own step's evaluation
+        body = str(timeline.query(".timeline-stage").first(Static).render())
+        assert body.startswith("The history of the city")  # the prompt, then its continuation
         timeline.query_one("#timeline-seed", Input).value = "5"
         await pilot.press("enter")  # Enter in an input generates again, with the new seed
         command = timeline.child.command

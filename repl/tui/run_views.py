@@ -258,11 +258,17 @@ class TimelineScreen(_ChildScreen):
         box = self.query_one("#timeline-stages", HorizontalScroll)
         box.remove_children()
         panes = []
+        prompt = neutralise(str(result.get("prompt", "")))
         for stage in stages:
-            pane = Static(Content(neutralise(str(stage.get("text", ""))).strip() or
-                                  "(nothing)"), classes="timeline-stage")
-            pane.border_title = (f"{stage.get('label')} · step {stage.get('step')} · "
-                                 f"val ppl {_ppl(stage.get('perplexity'))}")
+            text = neutralise(str(stage.get("text", ""))) or " (nothing)"
+            # A completion continues the prompt; a chat answer stands alone.
+            body = Content(text.strip()) if result.get("chat") else \
+                Content.assemble((prompt, "bold"), text)
+            pane = Static(body, classes="timeline-stage")
+            # The title is the stage; the numbers go underneath, where a narrow pane keeps them.
+            pane.border_title = str(stage.get("label"))
+            pane.border_subtitle = (f"step {stage.get('step')} · val ppl "
+                                    f"{_ppl(stage.get('perplexity'))}")
             panes.append(pane)
         box.mount_all(panes)
         mode = "chat" if result.get("chat") else "completion"
@@ -292,7 +298,8 @@ def diff_tables(result: dict[str, Any], top: int = 12) -> Table:
     docs = Table(title="perplexity per document", expand=True, title_justify="left")
     for column in ("document", "tokens", "base", "tuned", "change"):
         docs.add_column(column, justify="left" if column == "document" else "right",
-                        no_wrap=column != "document")
+                        no_wrap=column != "document", min_width=12 if column == "document"
+                        else None, ratio=1 if column == "document" else None)
     for doc in result.get("documents") or []:
         base, tuned = doc.get("base_perplexity"), doc.get("tuned_perplexity")
         docs.add_row(Text(neutralise(str(doc.get("name")))), str(doc.get("tokens")),
