@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from textual.containers import VerticalScroll
-from textual.widgets import Input, Static
+from textual.widgets import Input, Sparkline, Static
 
 from repl.tui.run_views import DiffScreen, TimelineScreen, coloured_pieces, diff_text_args
-from repl.tui.train_screen import TrainingRun, TrainScreen, samples_content
+from repl.tui.train_screen import RunLog, TrainScreen, samples_content
 from tests.test_timeline import make_run
 from tests.test_train_screen import open_trainer
 from tests.test_tui import make_app, until
@@ -47,17 +47,39 @@ def run(tiny_model_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_sample_records_are_kept_by_step_and_shown_newest_first(tmp_path):
-    run = TrainingRun.__new__(TrainingRun)  # no process: only the log parsing
-    run.loss, run.perplexity, run.tokens_per_s, run.samples = [], [], [], {}
-    run.step, run._last = 0, None
-    run._add({"step": 0, "eval_loss": 4.0})
-    run._add({"step": 0, "samples": [{"prompt": "The city", "text": " was\nold\x1b[2J"}]})
-    run._add({"step": 4, "samples": [{"prompt": "The city", "text": " is new"}]})
-    assert sorted(run.samples) == [0, 4] and run.perplexity
-    shown = samples_content(run.samples).plain
+    (tmp_path / "logs").mkdir()
+    records = [{"step": 0, "eval_loss": 4.0},
+               {"step": 0, "samples": [{"prompt": "The city", "text": " was\nold\x1b[2J"}]},
+               {"step": 4, "samples": [{"prompt": "The city", "text": " is new"}]}]
+    (tmp_path / "logs" / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "samp')  # half a line
+    log = RunLog(tmp_path)
+    log.poll_log()
+    assert sorted(log.samples) == [0, 4] and log.perplexity and log.step == 4
+    shown = samples_content(log.samples).plain
     assert shown.index("step 4") < shown.index("step 0")
     assert "The city is new" in shown and "was ⏎ old" in shown
     assert "\x1b" not in shown  # a model's escape sequence is shown, not obeyed
+
+
+@pytest.mark.anyio
+async def test_typing_a_finished_runs_folder_shows_its_log_and_samples(tiny_loaded, run,
+                                                                        tmp_path):
+    with (run / "logs" / "train.jsonl").open("a") as log:
+        for step in (0, 4):
+            log.write(json.dumps({"step": step, "samples": [
+                {"prompt": "The history of the city", "text": f" at step {step}"}]}) + "\n")
+    app = make_app(tiny_loaded, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_trainer(pilot, app)
+        screen.query_one("#train-output", Input).value = str(run)
+        await pilot.pause()
+        panel = str(screen.query_one("#train-samples", Static).render())
+        assert panel.index("step 4") < panel.index("step 0")
+        assert "The history of the city at step 4" in panel
+        state = str(screen.query_one("#train-state", Static).render())
+        assert state.startswith(f"run {run}: step 4") and "F7 timeline" in state
+        assert screen.query_one("#train-loss", Sparkline).data == [5.5]
 
 
 @pytest.mark.anyio

@@ -72,11 +72,10 @@ def train_command(model: str, data: Path, steps: int, lr: float | None, output: 
     return command
 
 
-class TrainingRun:
-    """One trainer process and what it has logged so far (read by the UI thread)."""
+class RunLog:
+    """What a run has logged so far (`OUTPUT/logs/train.jsonl`), read a little at a time."""
 
-    def __init__(self, command: list[str], output: Path) -> None:
-        self.command = command
+    def __init__(self, output: Path) -> None:
         self.output = output
         self.log_path = output / "logs" / "train.jsonl"
         self.loss: list[float] = []
@@ -84,42 +83,8 @@ class TrainingRun:
         self.tokens_per_s: list[float] = []
         self.samples: dict[int, list[dict[str, str]]] = {}  # step -> the greedy samples
         self.step = 0
-        self.lines: deque[str] = deque(maxlen=200)
-        self.new_lines: list[str] = []
         self._offset = 0
         self._last: tuple[int, float] | None = None  # (tokens, time) of the previous record
-        self._lock = threading.Lock()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="1")
-        # Its own session: the terminal's Ctrl+C reaches the TUI, not the trainer.
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, name="textgen-train-output",
-                                        daemon=True)
-        self._reader.start()
-        atexit.register(self.cancel)  # quitting the TUI stops the trainer, checkpoint saved
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # text mode: tqdm's \r ends a line too
-            line = line.rstrip()
-            if line:
-                with self._lock:
-                    self.lines.append(line)
-                    self.new_lines.append(line)
-
-    def take_lines(self) -> list[str]:
-        with self._lock:
-            lines, self.new_lines = self.new_lines, []
-            return lines
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.poll()
-
-    def cancel(self) -> None:
-        """SIGINT: the trainer saves a checkpoint after this step and exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
 
     def poll_log(self) -> None:
         """Read records appended to the JSONL log since the last call."""
@@ -158,6 +123,48 @@ class TrainingRun:
             return json.loads((self.output / "report.json").read_text())
         except (OSError, ValueError):
             return None
+
+
+class TrainingRun(RunLog):
+    """One trainer process and what it has logged so far (read by the UI thread)."""
+
+    def __init__(self, command: list[str], output: Path) -> None:
+        super().__init__(output)
+        self.command = command
+        self.lines: deque[str] = deque(maxlen=200)
+        self.new_lines: list[str] = []
+        self._lock = threading.Lock()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="1")
+        # Its own session: the terminal's Ctrl+C reaches the TUI, not the trainer.
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env=env, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, name="textgen-train-output",
+                                        daemon=True)
+        self._reader.start()
+        atexit.register(self.cancel)  # quitting the TUI stops the trainer, checkpoint saved
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # text mode: tqdm's \r ends a line too
+            line = line.rstrip()
+            if line:
+                with self._lock:
+                    self.lines.append(line)
+                    self.new_lines.append(line)
+
+    def take_lines(self) -> list[str]:
+        with self._lock:
+            lines, self.new_lines = self.new_lines, []
+            return lines
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def cancel(self) -> None:
+        """SIGINT: the trainer saves a checkpoint after this step and exits."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
 
 
 def samples_content(samples: dict[int, list[dict[str, str]]]) -> Content:
@@ -203,7 +210,7 @@ class TrainScreen(Screen[None]):
         self.run: TrainingRun | None = None
         self.finished: Path | None = None  # the model directory once a run has finished
         self.cancelling = False
-        self._samples_shown = 0  # evaluations on screen (the panel is redrawn when it grows)
+        self._samples_shown: tuple[int, int] = (0, 0)  # (whose log, evaluations) on screen
 
     def compose(self) -> ComposeResult:
         model, data, steps, lr, output = self.initial
@@ -274,7 +281,6 @@ class TrainScreen(Screen[None]):
         self.finished = None
         self.cancelling = False
         self.query_one("#train-log", Log).clear()
-        self._samples_shown = -1
         self.run = TrainingRun(command, output)
         self._show_state(f"training {output} · starting …")
         self._timer.resume()
@@ -287,15 +293,7 @@ class TrainScreen(Screen[None]):
         log = self.query_one("#train-log", Log)
         for line in run.take_lines():
             log.write_line(line)
-        for name, data in (("loss", run.loss), ("ppl", run.perplexity),
-                           ("rate", run.tokens_per_s)):
-            self.query_one(f"#train-{name}", Sparkline).data = list(data)
-        self._label("loss", "training loss", run.loss, "{:.3f}")
-        self._label("ppl", "validation perplexity", run.perplexity, "{:.2f}")
-        self._label("rate", "tokens/s", run.tokens_per_s, "{:,.0f}")
-        if len(run.samples) != self._samples_shown:
-            self._samples_shown = len(run.samples)
-            self.query_one("#train-samples", Static).update(samples_content(run.samples))
+        self._show_log(run)
         code = run.returncode
         if code is None:
             if self.cancelling:
@@ -322,11 +320,42 @@ class TrainScreen(Screen[None]):
             self._show_state(f"failed: {last}")
             self.notify(last, title="Training failed", severity="error", timeout=10)
 
+    def _show_log(self, run: RunLog) -> None:
+        """Plots and samples of `run` (the live one, or a finished one being looked at)."""
+        for name, data in (("loss", run.loss), ("ppl", run.perplexity),
+                           ("rate", run.tokens_per_s)):
+            self.query_one(f"#train-{name}", Sparkline).data = list(data)
+        self._label("loss", "training loss", run.loss, "{:.3f}")
+        self._label("ppl", "validation perplexity", run.perplexity, "{:.2f}")
+        self._label("rate", "tokens/s", run.tokens_per_s, "{:,.0f}")
+        shown = (id(run), len(run.samples))
+        if shown != self._samples_shown:  # redrawn only when an evaluation was added
+            self._samples_shown = shown
+            self.query_one("#train-samples", Static).update(
+                samples_content(run.samples) if run.samples else
+                "none yet: the trainer generates them at every evaluation")
+
+    @on(Input.Changed, "#train-output")
+    def _output_changed(self, event: Input.Changed) -> None:
+        """A finished run's folder typed as the output: show what it logged (F7 / F8 look at
+        it too). Ignored while a run is training."""
+        if self.run is not None and self.run.returncode is None:
+            return
+        folder = Path(event.value.strip()).expanduser() if event.value.strip() else None
+        if folder is None or not folder.is_dir() or not is_run(folder):
+            return
+        past = RunLog(folder)
+        past.poll_log()
+        self._show_log(past)
+        report = past.report() or {}
+        after = (report.get("validation") or {}).get("perplexity_after")
+        extra = f" · validation perplexity {after:.2f}" if isinstance(after, float) else ""
+        self._show_state(f"run {folder}: step {past.step}{extra} · F7 timeline · F8 diff")
+
     def _label(self, name: str, title: str, data: list[float], fmt: str) -> None:
-        if data:
-            text = (f"{title}: {fmt.format(data[-1])} (first {fmt.format(data[0])}, "
-                    f"{len(data)} points)")
-            self.query_one(f"#train-{name}-label", Label).update(text)
+        text = (f"{title}: {fmt.format(data[-1])} (first {fmt.format(data[0])}, "
+                f"{len(data)} points)") if data else title
+        self.query_one(f"#train-{name}-label", Label).update(text)
 
     def _show_state(self, text: str) -> None:
         self.query_one("#train-state", Static).update(text)
