@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Sparkline, Static
 
+from repl.tui.run_views import TimelineScreen
 from repl.tui.train_screen import TrainScreen, train_command
 from tests.test_tui import make_app, until
 
@@ -35,6 +36,8 @@ def test_command_picks_the_data_flag_and_checks_input(tmp_path):
     command = train_command("default", tmp_path / "wiki", 8, 1e-4, tmp_path / "out")
     assert command[1:4] == ["-m", "trainer", "train"]
     assert "--data-dir" in command and command[command.index("--max-steps") + 1] == "8"
+    # A checkpoint at each evaluation, kept: the timeline's (F7) stages.
+    assert command[command.index("--save-steps") + 1] == "2" and "--keep-checkpoints" in command
     assert command[-2:] == ["--lr", "0.0001"]
     assert "--train-files" in train_command("default", tmp_path, 8, None, tmp_path / "out")
     with pytest.raises(ValueError, match="does not exist"):
@@ -61,6 +64,8 @@ async def test_train_to_the_end_then_load_the_model_into_the_chat(tiny_loaded, t
         screen = await open_trainer(pilot, app, model=str(tiny_model_dir), data=str(corpus),
                                     steps="4", lr="0.001", output=str(output))
         await pilot.press("ctrl+l")  # nothing finished yet: refused with a word
+        await pilot.press("f7")  # the same
+        assert app.screen is screen
         await pilot.press("ctrl+r")
         await until(pilot, lambda: screen.run is not None and screen.run.returncode is not None,
                     timeout=180)
@@ -70,6 +75,24 @@ async def test_train_to_the_end_then_load_the_model_into_the_chat(tiny_loaded, t
         assert len(screen.query_one("#train-loss", Sparkline).data) == 4
         assert screen.run.perplexity and screen.run.tokens_per_s
         assert (output / "report.json").is_file()
+        # The samples of every evaluation (before training, each --eval-steps), newest first.
+        assert sorted(screen.run.samples) == [0, 1, 2, 3, 4]
+        panel = str(screen.query_one("#train-samples", Static).render())
+        assert panel.index("step 4") < panel.index("step 0")
+        assert "The history of the city" in panel
+        # F7: the timeline of this run, with the checkpoints the screen asked to keep.
+        await pilot.press("f7")
+        await until(pilot, lambda: isinstance(app.screen, TimelineScreen))
+        timeline = app.screen
+        await until(pilot, lambda: timeline.result is not None or timeline.error, timeout=120)
+        assert timeline.error is None
+        labels = [s["label"] for s in timeline.result["stages"]]
+        assert labels[0] == "base" and labels[-1] == "final" and len(labels) >= 3
+        assert all(label.startswith("checkpoint-") for label in labels[1:-1])
+        await pilot.pause()
+        assert [p.border_title for p in timeline.query(".timeline-stage")] == labels
+        await pilot.press("escape")
+        assert app.screen is screen
         await pilot.press("ctrl+l")
         await until(pilot, lambda: app.conversation.generator.info.spec == str(output),
                     timeout=60)

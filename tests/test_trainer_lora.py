@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from repl.engine import GenerationRequest, Generator
+from repl.engine.convert import NotConvertible, gguf_model
 from repl.models import load_model, resolve_spec
 from repl.params import SamplingParams
 from trainer.cli import main
@@ -60,6 +61,9 @@ def test_lora_adapter_alone_is_small_and_loads_as_base_plus_adapter(tiny_model_d
     _text, stats = Generator(tuned).generate(
         GenerationRequest("The lighthouse", SamplingParams(max_new_tokens=4, seed=1)))
     assert stats.new_tokens == 4
+    # Every face opens it: llama.cpp cannot, so the backend is transformers, saying why.
+    with pytest.raises(NotConvertible, match="LoRA adapter"):
+        gguf_model(str(output), convert=False)
 
 
 def test_save_dtype_bf16_halves_the_weights_and_still_loads(tiny_model_dir, corpus, tmp_path):

@@ -112,8 +112,7 @@ def run_timeline_command(args: argparse.Namespace, argv: list[str]) -> int:
 
     result = run_timeline(args.run, args.prompt, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, chat=args.chat, base=args.base,
-                          device=args.device, progress=None if args.format == "json"
-                          else progress)
+                          device=args.device, progress=progress)  # stderr: JSON stays clean
     if args.format == "json":
         print(json.dumps(result, indent=2))
     elif args.format == "md":
@@ -138,7 +137,9 @@ def run_diff_command(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         articles = split_documents(DataSpec(data_dir=args.data_dir), [args.split])[args.split]
         documents = [(_article_title(text, i), text) for i, text in enumerate(articles)]
-    say = (lambda *a: None) if args.json else (lambda text: print(text, file=sys.stderr))
+    def say(text: str) -> None:  # stderr, so --json's stdout stays one record
+        print(text, file=sys.stderr)
+
     say(f"loading {args.base} and {args.tuned} ...")
     base = load_model(args.base, device=args.device, dtype="fp32")
     tuned = load_model(args.tuned, device=args.device, dtype="fp32")

@@ -78,6 +78,9 @@ def gguf_model(spec: str, *, convert: bool = True) -> GgufModel:
     kind, where = resolve_spec(spec)
     if kind == "hub":
         raise NotConvertible("hub models run on transformers")
+    if kind == "adapter":  # base + LoRA merged at load time: transformers does that
+        raise NotConvertible("a LoRA adapter folder runs on transformers (its base + the "
+                             "adapter)")
     if kind in ("default", "gguf"):
         gguf = default_gguf_path() if kind == "default" else Path(where)
         name = DEFAULT_NAME if kind == "default" else gguf.stem

@@ -4,8 +4,10 @@ Training runs as its own process (`python -m trainer train ...`, the same as `te
 so the UI stays live and a crash there cannot take the chat with it. The screen follows the
 trainer's JSONL log (`OUTPUT/logs/train.jsonl`: loss, learning rate, validation loss per step)
 and its output lines, and plots loss, validation perplexity and tokens/s as sparklines. Ctrl+X
-sends the trainer SIGINT, on which it saves a checkpoint and stops (exit status 130). When it
-has finished, Ctrl+L loads the new model into the chat and F4 opens it in the compare view.
+sends the trainer SIGINT, on which it saves a checkpoint and stops (exit status 130). Beside the
+plots, the greedy samples the trainer generates at every evaluation (trainer/samples.py), the
+newest first. When it has finished, Ctrl+L loads the new model into the chat, F4 opens it in the
+compare view, F7 shows its timeline and F8 what it changed (repl/tui/run_views.py).
 The screen keeps running while hidden (Esc), so F5 comes back to the same run.
 """
 
@@ -27,12 +29,22 @@ from typing import Any, ClassVar
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Log, Sparkline, Static
 
 from repl import paths
+from repl.safe_text import neutralise
 from repl.tui import served
+from repl.tui.run_views import (
+    DiffScreen,
+    TimelineScreen,
+    TrainerCommandError,
+    base_model,
+    diff_text_args,
+    is_run,
+)
 
 POLL_S = 0.5
 WIKITEXT_FILES = ("wiki.*.raw", "wiki.*.tokens")  # a WikiText-2 folder (the trainer checks it)
@@ -49,29 +61,78 @@ def train_command(model: str, data: Path, steps: int, lr: float | None, output: 
     if lr is not None and not (0 < lr < 1):
         raise ValueError("the learning rate must be more than 0 and less than 1.")
     wikitext = any(any(data.glob(pattern)) for pattern in WIKITEXT_FILES)
+    every = str(max(1, steps // 4))
+    # A checkpoint at each evaluation, kept (the newest two and the best): the timeline's stages.
     command = [sys.executable, "-m", "trainer", "train", "--model", model, "--output",
-               str(output), "--max-steps", str(steps), "--eval-steps", str(max(1, steps // 4)),
-               "--data-dir" if wikitext else "--train-files", str(data)]
+               str(output), "--max-steps", str(steps), "--eval-steps", every, "--save-steps",
+               every, "--keep-checkpoints", "--data-dir" if wikitext else "--train-files",
+               str(data)]
     if lr is not None:
         command += ["--lr", repr(lr)]
     return command
 
 
-class TrainingRun:
-    """One trainer process and what it has logged so far (read by the UI thread)."""
+class RunLog:
+    """What a run has logged so far (`OUTPUT/logs/train.jsonl`), read a little at a time."""
 
-    def __init__(self, command: list[str], output: Path) -> None:
-        self.command = command
+    def __init__(self, output: Path) -> None:
         self.output = output
         self.log_path = output / "logs" / "train.jsonl"
         self.loss: list[float] = []
         self.perplexity: list[float] = []
         self.tokens_per_s: list[float] = []
+        self.samples: dict[int, list[dict[str, str]]] = {}  # step -> the greedy samples
         self.step = 0
-        self.lines: deque[str] = deque(maxlen=200)
-        self.new_lines: list[str] = []
         self._offset = 0
         self._last: tuple[int, float] | None = None  # (tokens, time) of the previous record
+
+    def poll_log(self) -> None:
+        """Read records appended to the JSONL log since the last call."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for raw in complete.splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            self._add(record)
+
+    def _add(self, record: dict[str, Any]) -> None:
+        self.step = max(self.step, int(record.get("step", 0)))
+        if "loss" in record and math.isfinite(record["loss"]):
+            self.loss.append(record["loss"])
+            tokens, when = record.get("tokens"), record.get("time")
+            if tokens is not None and when is not None:
+                if self._last is not None and when > self._last[1] and tokens > self._last[0]:
+                    self.tokens_per_s.append((tokens - self._last[0]) / (when - self._last[1]))
+                self._last = (tokens, when)
+        if "eval_loss" in record and math.isfinite(record["eval_loss"]):
+            self.perplexity.append(math.exp(min(record["eval_loss"], 50.0)))
+        if isinstance(record.get("samples"), list):  # trainer/samples.py, one per evaluation
+            self.samples[int(record.get("step", 0))] = [
+                s for s in record["samples"] if isinstance(s, dict)]
+
+    def report(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.output / "report.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+class TrainingRun(RunLog):
+    """One trainer process and what it has logged so far (read by the UI thread)."""
+
+    def __init__(self, command: list[str], output: Path) -> None:
+        super().__init__(output)
+        self.command = command
+        self.lines: deque[str] = deque(maxlen=200)
+        self.new_lines: list[str] = []
         self._lock = threading.Lock()
         env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="1")
         # Its own session: the terminal's Ctrl+C reaches the TUI, not the trainer.
@@ -105,40 +166,18 @@ class TrainingRun:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
 
-    def poll_log(self) -> None:
-        """Read records appended to the JSONL log since the last call."""
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except OSError:
-            return
-        complete = data[: data.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for raw in complete.splitlines():
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            self._add(record)
 
-    def _add(self, record: dict[str, Any]) -> None:
-        self.step = max(self.step, int(record.get("step", 0)))
-        if "loss" in record and math.isfinite(record["loss"]):
-            self.loss.append(record["loss"])
-            tokens, when = record.get("tokens"), record.get("time")
-            if tokens is not None and when is not None:
-                if self._last is not None and when > self._last[1] and tokens > self._last[0]:
-                    self.tokens_per_s.append((tokens - self._last[0]) / (when - self._last[1]))
-                self._last = (tokens, when)
-        if "eval_loss" in record and math.isfinite(record["eval_loss"]):
-            self.perplexity.append(math.exp(min(record["eval_loss"], 50.0)))
-
-    def report(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.output / "report.json").read_text())
-        except (OSError, ValueError):
-            return None
+def samples_content(samples: dict[int, list[dict[str, str]]]) -> Content:
+    """Each evaluation's samples, the newest first: the step, then prompt (bold) and text."""
+    parts: list[str | tuple[str, str]] = []
+    for step in sorted(samples, reverse=True):
+        parts.append((f"step {step}\n", "bold $accent"))
+        for sample in samples[step]:
+            prompt = neutralise(str(sample.get("prompt", "")))
+            text = neutralise(str(sample.get("text", ""))).strip().replace("\n", " ⏎ ")
+            parts += [(prompt, "bold"), f" {text}\n"]
+        parts.append("\n")
+    return Content.assemble(*parts) if parts else Content("none yet")
 
 
 def default_output() -> Path:
@@ -155,6 +194,11 @@ class TrainScreen(Screen[None]):
                 tooltip="Load the finished model into the chat"),
         Binding("f4", "compare", "Compare", tooltip="Compare the finished model with the "
                                                     "chat's model"),
+        Binding("f7", "timeline", "Timeline",
+                tooltip="The run's timeline: one prompt and seed at step 0, each kept "
+                        "checkpoint and the final model"),
+        Binding("f8", "diff", "Diff", tooltip="What the run changed: its validation text "
+                                              "through base and tuned, token by token"),
         Binding("escape", "app.pop_screen", "Back", tooltip="Back to the chat (training "
                                                             "goes on; F5 returns)"),
     ]
@@ -166,6 +210,7 @@ class TrainScreen(Screen[None]):
         self.run: TrainingRun | None = None
         self.finished: Path | None = None  # the model directory once a run has finished
         self.cancelling = False
+        self._samples_shown: tuple[int, int] = (0, 0)  # (whose log, evaluations) on screen
 
     def compose(self) -> ComposeResult:
         model, data, steps, lr, output = self.initial
@@ -183,10 +228,16 @@ class TrainScreen(Screen[None]):
                     yield Label(label, classes="name")
                     yield Input(value, id=name, placeholder=hint)
             yield Static("not started", id="train-state")
-            for name, title in (("loss", "training loss"), ("ppl", "validation perplexity"),
-                                ("rate", "tokens/s")):
-                yield Label(title, id=f"train-{name}-label", classes="plot-label")
-                yield Sparkline([], id=f"train-{name}", summary_function=max)
+            with Horizontal(id="train-body"):
+                with Vertical(id="train-plots"):
+                    for name, title in (("loss", "training loss"),
+                                        ("ppl", "validation perplexity"), ("rate", "tokens/s")):
+                        yield Label(title, id=f"train-{name}-label", classes="plot-label")
+                        yield Sparkline([], id=f"train-{name}", summary_function=max)
+                with VerticalScroll(id="train-samples-box") as box:
+                    box.border_title = "samples at each evaluation (greedy)"
+                    yield Static("none yet: the trainer generates them at every evaluation",
+                                 id="train-samples")
             yield Log(id="train-log", max_lines=200)
         yield Footer(compact=True)
 
@@ -242,12 +293,7 @@ class TrainScreen(Screen[None]):
         log = self.query_one("#train-log", Log)
         for line in run.take_lines():
             log.write_line(line)
-        for name, data in (("loss", run.loss), ("ppl", run.perplexity),
-                           ("rate", run.tokens_per_s)):
-            self.query_one(f"#train-{name}", Sparkline).data = list(data)
-        self._label("loss", "training loss", run.loss, "{:.3f}")
-        self._label("ppl", "validation perplexity", run.perplexity, "{:.2f}")
-        self._label("rate", "tokens/s", run.tokens_per_s, "{:,.0f}")
+        self._show_log(run)
         code = run.returncode
         if code is None:
             if self.cancelling:
@@ -274,11 +320,42 @@ class TrainScreen(Screen[None]):
             self._show_state(f"failed: {last}")
             self.notify(last, title="Training failed", severity="error", timeout=10)
 
+    def _show_log(self, run: RunLog) -> None:
+        """Plots and samples of `run` (the live one, or a finished one being looked at)."""
+        for name, data in (("loss", run.loss), ("ppl", run.perplexity),
+                           ("rate", run.tokens_per_s)):
+            self.query_one(f"#train-{name}", Sparkline).data = list(data)
+        self._label("loss", "training loss", run.loss, "{:.3f}")
+        self._label("ppl", "validation perplexity", run.perplexity, "{:.2f}")
+        self._label("rate", "tokens/s", run.tokens_per_s, "{:,.0f}")
+        shown = (id(run), len(run.samples))
+        if shown != self._samples_shown:  # redrawn only when an evaluation was added
+            self._samples_shown = shown
+            self.query_one("#train-samples", Static).update(
+                samples_content(run.samples) if run.samples else
+                "none yet: the trainer generates them at every evaluation")
+
+    @on(Input.Changed, "#train-output")
+    def _output_changed(self, event: Input.Changed) -> None:
+        """A finished run's folder typed as the output: show what it logged (F7 / F8 look at
+        it too). Ignored while a run is training."""
+        if self.run is not None and self.run.returncode is None:
+            return
+        folder = Path(event.value.strip()).expanduser() if event.value.strip() else None
+        if folder is None or not folder.is_dir() or not is_run(folder):
+            return
+        past = RunLog(folder)
+        past.poll_log()
+        self._show_log(past)
+        report = past.report() or {}
+        after = (report.get("validation") or {}).get("perplexity_after")
+        extra = f" · validation perplexity {after:.2f}" if isinstance(after, float) else ""
+        self._show_state(f"run {folder}: step {past.step}{extra} · F7 timeline · F8 diff")
+
     def _label(self, name: str, title: str, data: list[float], fmt: str) -> None:
-        if data:
-            text = (f"{title}: {fmt.format(data[-1])} (first {fmt.format(data[0])}, "
-                    f"{len(data)} points)")
-            self.query_one(f"#train-{name}-label", Label).update(text)
+        text = (f"{title}: {fmt.format(data[-1])} (first {fmt.format(data[0])}, "
+                f"{len(data)} points)") if data else title
+        self.query_one(f"#train-{name}-label", Label).update(text)
 
     def _show_state(self, text: str) -> None:
         self.query_one("#train-state", Static).update(text)
@@ -310,6 +387,45 @@ class TrainScreen(Screen[None]):
             app: Any = self.app
             app.pop_screen()
             app.open_compare(right=str(output))
+
+    def selected_run(self) -> Path | None:
+        """The run F7 / F8 look at: the one that just finished, else the output folder when it
+        holds a run (a past one can be looked at by typing its folder)."""
+        if self.finished is not None:
+            return self.finished
+        typed = self.query_one("#train-output", Input).value.strip()
+        folder = Path(typed).expanduser() if typed else None
+        if folder is not None and folder.is_dir() and is_run(folder):
+            if self.run is not None and self.run.returncode is None \
+                    and folder.resolve() == self.run.output.resolve():
+                self.notify("That run is still training; wait for it to finish or Ctrl+X.",
+                            severity="warning")
+                return None
+            return folder
+        self.notify("No run to look at: let a run finish, or type a run's folder in output.",
+                    severity="warning")
+        return None
+
+    def action_timeline(self) -> None:
+        run = self.selected_run()
+        if run is not None:
+            self.app.push_screen(TimelineScreen(run))
+
+    def action_diff(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            return
+        base = base_model(run)
+        if base is None:
+            self.notify(f"{run} does not name its base model (no report.json).",
+                        severity="error")
+            return
+        try:
+            text = diff_text_args(run, self.query_one("#train-data", Input).value.strip())
+        except TrainerCommandError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.app.push_screen(DiffScreen(base, str(run), text))
 
     def stop(self) -> None:
         """On quit: cancel a running trainer so it saves its checkpoint."""
