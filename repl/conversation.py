@@ -1,4 +1,4 @@
-"""One session being worked on: submit, regenerate, continue, page alternatives, autosave.
+"""One session being worked on: submit, edit, regenerate, continue, page, autosave.
 
 This is the core that the TUI and the plain REPL share. Each action returns the engine's stream;
 whatever happens to that stream (it finishes, is cancelled, raises, or is abandoned), the text it
@@ -17,6 +17,7 @@ from repl.engine import GenerationRequest, GenerationStats, Generator, Notice, S
 from repl.errors import TextgenError
 from repl.params import SamplingParams
 from repl.session import (
+    Branch,
     Completion,
     Continuation,
     Forced,
@@ -100,46 +101,104 @@ class Conversation:
         return turn.completions[index]
 
     def page(self, delta: int, turn_index: int = -1) -> Completion | None:
-        """Select the previous (-1) or next (+1) alternative, stopping at either end."""
-        turn = self._turn(turn_index)
-        if not turn.completions:
-            return None
-        return self.select(max(0, min(len(turn.completions) - 1, turn.selected + delta)),
-                           turn_index)
+        """Select the previous (-1) or next (+1) alternative of a turn, stopping at either end.
+        Where the turn has branches, paging goes on through them: past the last alternative
+        of one branch comes the first of the next, and the turns after it are that branch's."""
+        index = self._index(turn_index)
+        heads = [line[0] for line in self.session.lines_at(index)]
+        places = [(b, a) for b, head in enumerate(heads)
+                  for a in range(max(1, len(head.completions)))]
+        turn = self.session.turns[index]
+        here = places.index((turn.branch, turn.selected))
+        line, alternative = places[max(0, min(len(places) - 1, here + delta))]
+        self.session.switch_branch(index, line)
+        turn = self.session.turns[index]
+        if turn.completions:
+            turn.selected = alternative
+        self.save()
+        return turn.completion
+
+    def switch_branch(self, turn_index: int, line: int) -> Turn:
+        """Show branch `line` (0-based) of a turn's position, and the turns that follow it."""
+        index = self._index(turn_index)
+        try:
+            self.session.switch_branch(index, line)
+        except ValueError as exc:
+            raise TextgenError(f"{exc}.") from None
+        self.save()
+        return self.session.turns[index]
+
+    def switch_to(self, number: int) -> Branch:
+        """Show whole conversation `number` (1-based, as `Session.branches()` orders them)."""
+        branches = self.session.branches()
+        if not 1 <= number <= len(branches):
+            raise TextgenError(f"there is no branch {number}; this session has "
+                               f"{len(branches)}.")
+        self.session.switch_to(branches[number - 1])
+        self.save()
+        return branches[number - 1]
 
     # --- actions: each returns the stream to consume --------------------------------------------
 
     def submit(self, prompt: str, mode: Mode | None = None) -> Iterator[StreamItem]:
         """A new turn for `prompt`, and its first completion."""
         generator = self._ready()
-        turn = Turn(mode=mode or self.mode, prompt=prompt)
-        self.session.turns.append(turn)
-        params = self._seeded(self.params)
-        refs = self._refs(len(self.session.turns) - 1)
-        request = self._request(len(self.session.turns) - 1, params, continuing="", history=refs)
+        self.session.turns.append(Turn(mode=mode or self.mode, prompt=prompt))
+        return self._first_completion(generator, len(self.session.turns) - 1,
+                                      self._seeded(self.params))
+
+    def _first_completion(self, generator: Generator, index: int,
+                          params: SamplingParams) -> Iterator[StreamItem]:
+        """Generate the first completion of the new turn at `index` (appended, or a new branch);
+        a request the engine refuses leaves the session as it was before the turn."""
+        turn = self.session.turns[index]
 
         def discard() -> None:
             # The engine refused the request (no chat template, too long): no empty turn stays.
-            if self.session.turns and self.session.turns[-1] is turn and not turn.completions:
-                self.session.turns.pop()
+            if index < len(self.session.turns) and self.session.turns[index] is turn \
+                    and not turn.completions:
+                self.session.drop_branch(index)
 
+        try:
+            refs = self._refs(index)
+            request = self._request(index, params, continuing="", history=refs)
+        except BaseException:
+            discard()
+            raise
         return self._run(generator, request,
                          self._new_completion(turn, params, generator, request.trace, refs),
                          discard)
 
+    def edit(self, turn_index: int, prompt: str) -> Iterator[StreamItem]:
+        """Replace a turn's prompt and generate from there, as a new branch: the turns shown
+        from that position on are kept as another branch (`page` and `switch_branch` go back
+        to them)."""
+        generator = self._ready()
+        index = self._index(turn_index)
+        old = self._not_compare(self.session.turns[index], "edited")
+        turn = Turn(mode=old.mode, prompt=prompt)
+        self.session.new_branch(index, turn)
+        return self._first_completion(generator, index, self._seeded(self.params))
+
     def regenerate(self, turn_index: int = -1) -> Iterator[StreamItem]:
         """Another alternative for a turn; it becomes the selected one.
 
-        With a fixed seed the Nth alternative uses seed + N, so alternatives differ and the whole
-        session still replays exactly.
+        A chat turn that later chat turns depend on (their context holds its reply) gets the new
+        reply on a new branch instead, so those turns stay with the reply they answered.
+        With a fixed seed the Nth alternative at a position uses seed + N, so alternatives differ
+        and the whole session still replays exactly.
         """
         generator = self._ready()
-        turn = self._not_compare(self._turn(turn_index), "regenerated")
-        index = self.session.turns.index(turn)
+        index = self._index(turn_index)
+        turn = self._not_compare(self.session.turns[index], "regenerated")
+        made = sum(len(line[0].completions) for line in self.session.lines_at(index))
         params = self.params
         if params.seed is not None:
-            params = params.replace(seed=(params.seed + len(turn.completions)) % 2**32)
+            params = params.replace(seed=(params.seed + made) % 2**32)
         params = self._seeded(params)
+        if self._answered_later(index):
+            self.session.new_branch(index, Turn(mode=turn.mode, prompt=turn.prompt))
+            return self._first_completion(generator, index, params)
         refs = self._refs(index)
         request = self._request(index, params, continuing="", history=refs)
         return self._run(generator, request,
@@ -404,12 +463,22 @@ class Conversation:
         return turn
 
     def _turn(self, turn_index: int) -> Turn:
-        if not self.session.turns:
+        return self.session.turns[self._index(turn_index)]
+
+    def _index(self, turn_index: int) -> int:
+        """`turn_index` as a position in the shown branch (-1: the last turn)."""
+        count = len(self.session.turns)
+        if not count:
             raise TextgenError("there is no prompt yet; submit one first.")
-        try:
-            return self.session.turns[turn_index]
-        except IndexError:
-            raise TextgenError(f"there is no turn {turn_index + 1}.") from None
+        if not -count <= turn_index < count:
+            raise TextgenError(f"there is no turn {turn_index + 1}; this branch has {count}.")
+        return turn_index % count
+
+    def _answered_later(self, index: int) -> bool:
+        """Whether a later chat turn was given this chat turn's reply as context."""
+        turns = self.session.turns
+        return turns[index].mode == "chat" and any(
+            t.mode == "chat" and not t.compare for t in turns[index + 1:])
 
     @staticmethod
     def _seeded(params: SamplingParams) -> SamplingParams:

@@ -1,7 +1,7 @@
 """Sessions: every prompt, every alternative completion and how each was made, as a JSON file.
 
     Session: id, created, model (spec and name), params (current), turns[]
-    Turn:    mode (complete | chat), prompt, completions[], selected
+    Turn:    mode (complete | chat), prompt, completions[], selected, branches[]?, branch?
     Completion: text, params, seed, stats, finish, created, model, continuations[], forced?,
                 history?
 
@@ -15,6 +15,14 @@ text can be replayed exactly. In chat, each generation also records which earlie
 much of each) it was given as `history`, so paging or continuing them later does not change its
 replay; readers that do not know the field ignore it. Files carry `format` and `version`; writes
 are atomic.
+
+The conversation is a tree (version 3). `Session.turns` is always the branch being worked on, a
+plain list. Editing a prompt (or regenerating a chat turn that later turns depend on) starts a
+new *line* at that position: the turns from there on are put aside, not lost. The turn shown at
+a position holds the other lines that start there in `branches` (each a list of turns: a
+sibling and what followed it) and its own place among them in `branch`; switching swaps a line
+in and the shown one out. Lines put aside keep their own branch points on their turns, so the
+file stays as deep as the branching, not as long as the conversation.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import re
 import stat
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +49,7 @@ from repl.errors import TextgenError
 from repl.params import SamplingParams
 
 FORMAT = "textgen-session"
-VERSION = 2  # 2: compare turns and forced completions (version 1 files still load)
+VERSION = 3  # 2: compare turns, forced completions; 3: branches (1 and 2 still load)
 Mode = Literal["complete", "chat"]
 HistoryRef = tuple[int, int, int]  # (turn index, alternative index, characters of its text)
 MODES: tuple[Mode, ...] = ("complete", "chat")
@@ -116,12 +125,32 @@ class Turn:
     completions: list[Completion] = field(default_factory=list)
     selected: int = 0
     compare: bool = False  # completions are the left and right side of a comparison
+    # The other lines that start at this turn's position (each: a sibling turn and the turns
+    # that followed it), while this turn is the one shown there; `branch` is this turn's own
+    # place among all of them (0 to len(branches)), so their order never changes.
+    branches: list[list[Turn]] = field(default_factory=list)
+    branch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # fields this textgen does not know
 
     @property
     def completion(self) -> Completion | None:
         """The selected alternative, or None before the first one finishes."""
         return self.completions[self.selected] if self.completions else None
+
+    @property
+    def branch_count(self) -> int:
+        """How many lines start at this turn's position (1: no branches)."""
+        return len(self.branches) + 1
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One whole conversation of the tree (a leaf): the turns from the first to its last, and
+    the choice made at each branch point on the way, as (position, line) pairs."""
+
+    choices: tuple[tuple[int, int], ...]
+    turns: list[Turn]
+    current: bool
 
 
 @dataclass
@@ -144,12 +173,75 @@ class Session:
 
     def chat_history(self, before: int) -> list[dict[str, str]]:
         """The chat messages of turns before index `before`: each prompt and its selected reply."""
-        messages: list[dict[str, str]] = []
-        for turn in self.turns[:before]:
-            if turn.mode == "chat" and turn.completion is not None and not turn.compare:
-                messages.append({"role": "user", "content": turn.prompt})
-                messages.append({"role": "assistant", "content": turn.completion.text})
-        return messages
+        return chat_messages(self.turns[:before])
+
+    # --- the tree -------------------------------------------------------------------------------
+
+    def lines_at(self, index: int) -> list[list[Turn]]:
+        """Every line that starts at position `index`, in their fixed order (the shown one is
+        `turns[index:]`)."""
+        head = self.turns[index]
+        return [*head.branches[:head.branch], self.turns[index:], *head.branches[head.branch:]]
+
+    def switch_branch(self, index: int, line: int) -> None:
+        """Show line `line` (0-based, see `lines_at`) from position `index` on."""
+        lines = self.lines_at(index)
+        if not 0 <= line < len(lines):
+            raise ValueError(f"turn {index + 1} has {len(lines)} branches, not {line + 1}")
+        head = self.turns[index]
+        if line == head.branch:
+            return
+        target = lines.pop(line)
+        target[0].branches, target[0].branch = lines, line
+        head.branches, head.branch = [], 0
+        self.turns[index:] = target
+
+    def new_branch(self, index: int, turn: Turn) -> None:
+        """Show `turn` at position `index`, as a new line after the others; the turns that were
+        shown from there on are kept as a branch. `index == len(turns)` just appends."""
+        if index == len(self.turns):
+            self.turns.append(turn)
+            return
+        lines = self.lines_at(index)
+        head = self.turns[index]
+        head.branches, head.branch = [], 0
+        turn.branches, turn.branch = lines, len(lines)
+        self.turns[index:] = [turn]
+
+    def drop_branch(self, index: int) -> None:
+        """Undo `new_branch(index, ...)`: remove the shown line (the newest), show the one that
+        was shown before it."""
+        head = self.turns[index]
+        if not head.branches:
+            del self.turns[index:]
+            return
+        previous = head.branches.pop()
+        previous[0].branches, previous[0].branch = head.branches, len(head.branches)
+        head.branches, head.branch = [], 0
+        self.turns[index:] = previous
+
+    def branches(self) -> list[Branch]:
+        """Every whole conversation of the tree, in a fixed order (at each branch point, its
+        lines in order): what the plain REPL's /branch numbers and export writes."""
+        return [Branch(choices, turns, current=all(self._shown(p, line) for p, line in choices))
+                for choices, turns in _leaves(self.turns, 0, (), skip_head=False)]
+
+    def switch_to(self, branch: Branch) -> None:
+        """Make `branch` (from `branches()`) the shown one."""
+        for index, line in branch.choices:
+            self.switch_branch(index, line)
+
+    def _shown(self, index: int, line: int) -> bool:
+        return index < len(self.turns) and self.turns[index].branch == line
+
+    def all_turns(self) -> Iterator[Turn]:
+        """Every turn of the tree once: the shown branch's, then the ones put aside."""
+        stack = [self.turns]
+        while stack:
+            line = stack.pop(0)
+            for turn in line:
+                yield turn
+                stack.extend(turn.branches)
 
     def history_refs(self, before: int) -> list[HistoryRef]:
         """Where `chat_history(before)` comes from: each reply as (turn, alternative, chars)."""
@@ -197,9 +289,8 @@ class Session:
         session_id = _get(data, "id", str, "session")
         if not session_id:
             raise ValueError("session: 'id' is empty")
-        turns = [_turn_from_dict(t, i) for i, t in
-                 enumerate(_get(data, "turns", list, "session"))]
-        _check_history(turns)
+        turns = _line_from_dict(_get(data, "turns", list, "session"), 0, "")
+        _check_history([], turns)
         return cls(
             id=session_id,
             created=_date(data, "session"),
@@ -209,6 +300,32 @@ class Session:
             turns=turns,
             extra=_extra(data, _SESSION_FIELDS),
         )
+
+
+def chat_messages(turns: list[Turn]) -> list[dict[str, str]]:
+    """The chat messages of `turns` (a path of the tree): each prompt and its selected reply."""
+    messages: list[dict[str, str]] = []
+    for turn in turns:
+        if turn.mode == "chat" and turn.completion is not None and not turn.compare:
+            messages.append({"role": "user", "content": turn.prompt})
+            messages.append({"role": "assistant", "content": turn.completion.text})
+    return messages
+
+
+def _leaves(line: list[Turn], start: int, choices: tuple[tuple[int, int], ...], *,
+            skip_head: bool) -> Iterator[tuple[tuple[tuple[int, int], ...], list[Turn]]]:
+    """The whole conversations through `line` (turns from position `start`): split at its
+    first branch point (a line's own head holds the group it was reached through)."""
+    for j in range(1 if skip_head else 0, len(line)):
+        turn = line[j]
+        if turn.branches:
+            group = [*turn.branches[:turn.branch], line[j:], *turn.branches[turn.branch:]]
+            for number, sub in enumerate(group):
+                for sub_choices, tail in _leaves(sub, start + j,
+                                                 (*choices, (start + j, number)), skip_head=True):
+                    yield sub_choices, line[:j] + tail
+            return
+    yield choices, line
 
 
 def save_session(session: Session, path: Path) -> None:
@@ -518,7 +635,8 @@ def _fsync_dir(folder: Path) -> None:
 # --- (de)serialisation helpers -----------------------------------------------------------------
 
 _SESSION_FIELDS = frozenset({"format", "version", "id", "created", "model", "params", "turns"})
-_TURN_FIELDS = frozenset({"mode", "prompt", "selected", "completions", "compare"})
+_TURN_FIELDS = frozenset({"mode", "prompt", "selected", "completions", "compare", "branches",
+                          "branch"})
 _COMPLETION_FIELDS = frozenset({"text", "params", "seed", "stats", "finish", "model", "created",
                                 "continuations", "forced", "history"})
 _CONTINUATION_FIELDS = frozenset({"start", "params", "seed", "stats", "finish", "created",
@@ -644,6 +762,9 @@ def _turn_to_dict(turn: Turn) -> dict[str, Any]:
     }
     if turn.compare:
         data["compare"] = True
+    if turn.branches:
+        data["branch"] = turn.branch
+        data["branches"] = [[_turn_to_dict(t) for t in line] for line in turn.branches]
     return _with_extra(data, turn.extra)
 
 
@@ -673,8 +794,12 @@ def _continuation_to_dict(k: Continuation) -> dict[str, Any]:
     return _with_extra(data, k.extra)
 
 
-def _turn_from_dict(data: Any, index: int) -> Turn:
-    where = f"turn {index + 1}"
+def _line_from_dict(data: list[Any], start: int, where: str) -> list[Turn]:
+    return [_turn_from_dict(t, start + i, where) for i, t in enumerate(data)]
+
+
+def _turn_from_dict(data: Any, index: int, line: str = "") -> Turn:
+    where = f"{line}turn {index + 1}"
     if not isinstance(data, dict):
         raise ValueError(f"{where}: should be an object, not {_json_type(data)}")
     mode = _get(data, "mode", str, where)
@@ -694,8 +819,31 @@ def _turn_from_dict(data: Any, index: int) -> Turn:
     if compare and not 1 <= len(completions) <= 2:
         raise ValueError(f"{where}: a compare turn has 1 or 2 completions, not "
                          f"{len(completions)}")
+    branches = _branches(data, index, where)
+    branch = _get(data, "branch", int, where) if "branch" in data else 0
+    if not 0 <= branch <= len(branches):
+        raise ValueError(f"{where}: branch is {branch} but there are {len(branches) + 1} "
+                         "branches")
     return Turn(mode=mode, prompt=_get(data, "prompt", str, where), completions=completions,
-                selected=selected, compare=compare, extra=_extra(data, _TURN_FIELDS))
+                selected=selected, compare=compare, branches=branches, branch=branch,
+                extra=_extra(data, _TURN_FIELDS))
+
+
+def _branches(data: dict[str, Any], index: int, where: str) -> list[list[Turn]]:
+    """The other lines starting at turn `index` (version 3): non-empty lists of turns whose
+    first turn holds no group of its own (only the shown turn at a position does)."""
+    if "branches" not in data:
+        return []
+    branches: list[list[Turn]] = []
+    for number, line in enumerate(_get(data, "branches", list, where)):
+        lwhere = f"{where}, branch {number + 1}: "
+        if not isinstance(line, list) or not line:
+            raise ValueError(f"{lwhere}should be a non-empty list of turns")
+        turns = _line_from_dict(line, index, lwhere)
+        if turns[0].branches:
+            raise ValueError(f"{lwhere}its first turn has branches of its own")
+        branches.append(turns)
+    return branches
 
 
 def _completion_from_dict(data: Any, where: str) -> Completion:
@@ -747,9 +895,14 @@ def _history(data: Any, where: str) -> list[HistoryRef] | None:
     return [(ref[0], ref[1], ref[2]) for ref in data]
 
 
-def _check_history(turns: list[Turn]) -> None:
-    """Every recorded chat context points at an earlier turn's existing text."""
-    for index, turn in enumerate(turns):
+def _check_history(before: list[Turn], line: list[Turn]) -> None:
+    """Every recorded chat context points at an earlier turn's existing text, on the turn's own
+    path through the tree (`before`, then the line up to it)."""
+    turns = [*before, *line]
+    for index in range(len(before), len(turns)):
+        turn = turns[index]
+        for branch in turn.branches:
+            _check_history(turns[:index], branch)
         for c_index, completion in enumerate(turn.completions):
             pieces = [(f"completion {c_index + 1}", completion.history)] + [
                 (f"completion {c_index + 1}, continuation {k + 1}", cont.history)

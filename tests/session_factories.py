@@ -71,11 +71,23 @@ def turns(draw: st.DrawFn) -> Turn:
                 completions=alternatives, selected=selected, compare=compare)
 
 
+@st.composite
+def lines(draw: st.DrawFn, depth: int = 0, min_size: int = 0) -> list[Turn]:
+    """A line of turns whose turns may hold branches (other lines, nested up to depth 2);
+    a put-aside line's first turn holds none (see repl/session.py)."""
+    line = draw(st.lists(turns(), min_size=min_size, max_size=3))
+    for position, turn in enumerate(line):
+        if depth < 2 and (depth == 0 or position > 0):
+            turn.branches = draw(st.lists(lines(depth + 1, min_size=1), max_size=2))
+            turn.branch = draw(st.integers(0, len(turn.branches)))
+    return line
+
+
 sessions = st.builds(
     Session,
     model=st.fixed_dictionaries({"spec": any_text, "name": any_text}),
     params=params_strategy,
-    turns=st.lists(turns(), max_size=3),
+    turns=lines(),
     id=st.text(min_size=1, max_size=16),
     created=dates,
 )
@@ -142,4 +154,23 @@ def sample_session_v2() -> Session:
         continuations=[Continuation(start=5, params=base.params, seed=4, stats=None,
                                     finish="eos", created="2026-11-23T10:03:05+00:00",
                                     history=[(1, 0, 10)])])]))
+    return session
+
+
+def sample_session_v3() -> Session:
+    """The version 2 sample plus what version 3 added: turn 2 was edited, so its position holds
+    two lines; the shown one is the first, the other is a different question and a follow-up
+    whose recorded context is that line's own reply."""
+    session = sample_session_v2()
+    params = session.turns[0].completions[0].params
+    rust = Completion(text="println!(\"1\");", params=params, seed=11, stats=stats(seed=11),
+                      finish="eos", model="default", created="2026-11-23T10:04:00+00:00",
+                      history=[])
+    follow = Completion(text="print!", params=params, seed=12, stats=None, finish="stop",
+                        model="default", created="2026-11-23T10:04:30+00:00",
+                        history=[(1, 0, 5)])
+    shown = session.turns[1]
+    shown.branches = [[Turn(mode="chat", prompt="How do I print in Rust?", completions=[rust]),
+                       Turn(mode="chat", prompt="Shorter?", completions=[follow])]]
+    shown.branch = 0
     return session

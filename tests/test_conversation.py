@@ -111,9 +111,12 @@ def test_chat_on_the_default_model_replays_exactly(default_loaded):
     consume(conv.submit("Name one colour."))
     consume(conv.submit("And another one?"))
     first_reply = conv.session.turns[0].completion.text
-    consume(conv.regenerate(0))  # the earlier turn now shows another reply...
-    assert conv.session.turns[0].selected == 1
-    request = conv.replay_request(1, 0)  # ...but the replay uses the one it was made with
+    consume(conv.regenerate(0))  # another reply for the earlier turn, on a new branch...
+    assert len(conv.session.turns) == 1 and conv.session.turns[0].branch == 1
+    conv.page(-1, 0)  # ...and paging back finds the turn that answered the first reply
+    assert [t.prompt for t in conv.session.turns] == ["Name one colour.", "And another one?"]
+    consume(conv.continue_(0))  # the first reply grows...
+    request = conv.replay_request(1, 0)  # ...but the replay uses the text it was made with
     assert [m["role"] for m in request.messages] == ["user", "assistant", "user"]
     assert request.messages[1]["content"] == first_reply
     assert generator.generate(request)[0] == conv.session.turns[1].completion.text

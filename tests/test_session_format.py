@@ -28,7 +28,12 @@ from repl.session import (
     save_session,
     session_filename,
 )
-from tests.session_factories import sample_session, sample_session_v2, sessions
+from tests.session_factories import (
+    sample_session,
+    sample_session_v2,
+    sample_session_v3,
+    sessions,
+)
 
 # --- round trips ---------------------------------------------------------------------------------
 
@@ -71,6 +76,79 @@ def test_recorded_chat_context_round_trips_and_rebuilds_the_messages():
         {"role": "user", "content": "How do I *print* in Python?"},
         {"role": "assistant", "content": "# Not a he"}]
     assert again.history_refs(3) == [(1, 0, len(again.turns[1].completions[0].text))]
+
+
+# --- versions 1 and 2 load unchanged; version 3 keeps the tree -----------------------------------
+
+V1_FILE = {  # as textgen 0.1 wrote it: no compare, forced, history or branches
+    "format": "textgen-session", "version": 1, "id": "0123456789ab",
+    "created": "2026-01-02T03:04:05+00:00", "model": {"spec": "default", "name": "SmolLM2"},
+    "params": {"temperature": 0.7, "seed": 5}, "tags": ["kept"],
+    "turns": [
+        {"mode": "complete", "prompt": "Once", "selected": 1, "colour": "blue",
+         "completions": [
+             {"text": " upon", "params": {"seed": 5}, "seed": 5, "stats": None,
+              "finish": "length", "model": "default", "created": "2026-01-02T03:04:06+00:00",
+              "continuations": []},
+             {"text": " more", "params": {"seed": 6}, "seed": 6, "stats": None,
+              "finish": "eos", "model": "default", "created": "2026-01-02T03:04:07+00:00",
+              "continuations": []}]},
+        {"mode": "chat", "prompt": "Hi", "selected": 0,
+         "completions": [
+             {"text": "Hello!", "params": {}, "seed": 1, "stats": None, "finish": "eos",
+              "model": "default", "created": "2026-01-02T03:05:00+00:00",
+              "continuations": []}]},
+    ],
+}
+
+
+def _v2_file() -> dict:
+    data = json.loads(encode_session(sample_session_v2()))
+    data["version"] = 2
+    return data
+
+
+@pytest.mark.parametrize("data", [V1_FILE, _v2_file()], ids=["v1", "v2"])
+def test_version_1_and_2_files_load_unchanged_and_save_as_a_tree_of_one_branch(data, tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    session = load_session(path)
+    assert [t.prompt for t in session.turns] == [t["prompt"] for t in data["turns"]]
+    assert [t.selected for t in session.turns] == [t["selected"] for t in data["turns"]]
+    assert all(t.branches == [] and t.branch == 0 for t in session.turns)
+    assert [[c.text for c in t.completions] for t in session.turns] == [
+        [c["text"] for c in t["completions"]] for t in data["turns"]]
+    assert len(session.branches()) == 1 and session.branches()[0].current
+    save_session(session, path)
+    again = json.loads(path.read_text("utf-8"))
+    assert again["version"] == VERSION == 3
+    # The same fields, unknown ones included; nothing about branches where there are none.
+    assert set(again) == set(data) and again.get("tags") == data.get("tags")
+    assert [set(t) for t in again["turns"]] == [set(t) for t in data["turns"]]
+    assert load_session(path) == session
+
+
+def test_version_3_keeps_the_tree_and_each_branch_has_its_own_context(tmp_path):
+    session = sample_session_v3()
+    path = tmp_path / "tree.json"
+    save_session(session, path)
+    data = json.loads(path.read_text("utf-8"))
+    shown = data["turns"][1]
+    assert shown["branch"] == 0 and [t["prompt"] for t in shown["branches"][0]] == [
+        "How do I print in Rust?", "Shorter?"]
+    assert "branches" not in data["turns"][0]  # only where there are some
+    again = load_session(path)
+    assert again == session
+    assert [[t.prompt for t in b.turns] for b in again.branches()] == [
+        ["It", "How do I *print* in Python?", "Compare", "Shorter?"],
+        ["It", "How do I print in Rust?", "Shorter?"]]
+    again.switch_branch(1, 1)
+    follow = again.turns[2].completions[0]
+    assert again.messages_from(follow.history) == [
+        {"role": "user", "content": "How do I print in Rust?"},
+        {"role": "assistant", "content": "print"}]
+    again.switch_branch(1, 0)
+    assert again == session  # switching back restores the file's tree exactly
 
 
 def test_filename_sorts_by_time_and_says_what_it_is_about():
@@ -197,7 +275,7 @@ def _with(data, path, value=..., delete=False):
 
 
 def broken_files() -> list[tuple[str, bytes]]:
-    good = encode_session(sample_session_v2())
+    good = encode_session(sample_session_v3())
     data = json.loads(good)
     rng = random.Random(1234)
     cases: list[tuple[str, bytes]] = []
@@ -229,6 +307,14 @@ def broken_files() -> list[tuple[str, bytes]]:
                                          [[3, 0, 0]]),
         "history past the text": _with(data, ("turns", 3, "completions", 0, "history"),
                                        [[1, 0, 1000]]),
+        "branch out of range": _with(data, ("turns", 1, "branch"), 2),
+        "an empty branch": _with(data, ("turns", 1, "branches"), [[]]),
+        "a branch that is not a list": _with(data, ("turns", 1, "branches", 0), {"x": 1}),
+        "history past a branch's own text": _with(
+            data, ("turns", 1, "branches", 0, 1, "completions", 0, "history"), [[1, 0, 100]]),
+        "a branch head with branches": _with(
+            data, ("turns", 1, "branches", 0, 0, "branches"),
+            [data["turns"][1]["branches"][0][1:]]),
     }
     cases += [(name, json.dumps(value).encode()) for name, value in specials.items()]
     cases += [
