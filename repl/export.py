@@ -1,6 +1,8 @@
 """Sessions out of textgen: a readable Markdown transcript, or JSONL records for datasets.
 
-`textgen export FILE --format md|jsonl [-o OUT]` prints to stdout or writes OUT atomically.
+`textgen export FILE --format md|jsonl [-o OUT]` prints to stdout or writes OUT atomically. A
+session is a tree (repl/session.py): the branch shown when it was saved is what is written,
+every branch with `--all-branches`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from typing import Any
 
 from repl.params import SamplingParams
 from repl.safe_text import for_stream
-from repl.session import Completion, Session, atomic_write, load_session
+from repl.session import (
+    Completion,
+    Session,
+    Turn,
+    atomic_write,
+    chat_messages,
+    load_session,
+)
 
 FORMATS = ("md", "jsonl")
 
@@ -31,12 +40,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="md (default) or jsonl")
     parser.add_argument("--output", "-o", type=Path, metavar="OUT",
                         help="write here instead of stdout")
+    parser.add_argument("--all-branches", action="store_true",
+                        help="every branch of the conversation (md: each one whole; jsonl: "
+                             "each turn once, with its branch number), not only the one shown")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     session = load_session(args.file)
-    text = export(session, args.format)
+    text = export(session, args.format, all_branches=args.all_branches)
     if args.output is None:
         # A terminal shows control sequences from the transcript; a pipe gets the exact text.
         sys.stdout.write(for_stream(text, sys.stdout))
@@ -46,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(session: Session, fmt: str) -> str:
-    """The session as `md` or `jsonl` text, always encodable as UTF-8."""
+def export(session: Session, fmt: str, *, all_branches: bool = False) -> str:
+    """The session as `md` or `jsonl` text, always encodable as UTF-8: the branch shown, or
+    every branch."""
     if fmt == "md":
-        text = to_markdown(session)
+        text = to_markdown(session, all_branches=all_branches)
     elif fmt == "jsonl":
-        text = to_jsonl(session)
+        text = to_jsonl(session, all_branches=all_branches)
     else:
         raise ValueError(f"unknown export format {fmt!r}; choose md or jsonl.")
     # A lone surrogate (a badly decoded terminal byte) would make the write fail.
@@ -60,21 +73,39 @@ def export(session: Session, fmt: str) -> str:
 
 # --- Markdown ------------------------------------------------------------------------------------
 
-def to_markdown(session: Session) -> str:
-    """The whole transcript: each prompt, every alternative (the selected one marked) and how
-    each was made. Texts go in fenced blocks, so model output cannot break the layout."""
+def to_markdown(session: Session, *, all_branches: bool = False) -> str:
+    """The transcript: each prompt, every alternative (the selected one marked) and how each
+    was made. Texts go in fenced blocks, so model output cannot break the layout. With
+    `all_branches`, every branch follows, each one whole."""
     model = session.model.get("name") or session.model.get("spec", "?")
+    branches = session.branches()
     lines = [
         f"# {_inline(session.title)}",
         "",
         f"- **Session** `{session.id}`, started {_date(session.created)}",
         f"- **Model** {_inline(model)} (`{session.model.get('spec', '?')}`)",
         f"- **Turns** {len(session.turns)}",
-        "",
     ]
-    for number, turn in enumerate(session.turns, 1):
+    if len(branches) > 1:
+        lines.append(f"- **Branches** {len(branches)}" + (
+            "" if all_branches else " (this is the one shown; `--all-branches` writes all)"))
+    lines.append("")
+    if not all_branches:
+        lines += _turns_markdown(session.turns, "##")
+    else:
+        for number, branch in enumerate(branches, 1):
+            shown = " · shown" if branch.current else ""
+            lines += [f"## Branch {number} of {len(branches)}{shown}", ""]
+            lines += _turns_markdown(branch.turns, "###")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _turns_markdown(turns: list[Turn], heading: str) -> list[str]:
+    lines: list[str] = []
+    for number, turn in enumerate(turns, 1):
         kind = "chat" if turn.mode == "chat" else "completion"
-        lines += [f"## Turn {number} · {kind}{' · comparison' if turn.compare else ''}", ""]
+        lines += [f"{heading} Turn {number} · {kind}{' · comparison' if turn.compare else ''}",
+                  ""]
         lines += ["**Prompt**", "", *_fenced(turn.prompt), ""]
         if not turn.completions:
             lines += ["*(no completion yet)*", ""]
@@ -85,10 +116,10 @@ def to_markdown(session: Session) -> str:
             else:
                 mark = " · selected" if index == turn.selected and count > 1 else ""
                 title = "Completion" if count == 1 else f"Alternative {index + 1} of {count}"
-            lines += [f"### {title}{mark}", ""]
+            lines += [f"{heading}# {title}{mark}", ""]
             lines += [*_fenced(completion.text), ""]
             lines += [_made_with(completion), ""]
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return lines
 
 
 def describe_params(params: SamplingParams) -> str:
@@ -148,42 +179,61 @@ def _date(stamp: str) -> str:
 
 # --- JSONL ---------------------------------------------------------------------------------------
 
-def jsonl_records(session: Session) -> Iterator[dict[str, Any]]:
-    """One record per completion: what a dataset needs to rebuild the input and the output."""
-    for t_index, turn in enumerate(session.turns):
-        for c_index, completion in enumerate(turn.completions):
-            record: dict[str, Any] = {
-                "session": session.id,
-                "turn": t_index + 1,
-                "alternative": c_index + 1,
-                "selected": c_index == turn.selected,
-                "mode": turn.mode,
-                "prompt": turn.prompt,
-            }
-            if turn.compare:
-                record["compare"] = True
-            if turn.mode == "chat":
-                record["messages"] = [*session.chat_history(t_index),
-                                      {"role": "user", "content": turn.prompt}]
-            record.update(
-                completion=completion.text,
-                finish=completion.last_finish,
-                model=completion.model,
-                params=completion.params.to_dict(),
-                seed=completion.seed,
-                stats=completion.stats.to_dict() if completion.stats is not None else None,
-                continuations=[
-                    {"start": k.start, "params": k.params.to_dict(), "seed": k.seed,
-                     "finish": k.finish,
-                     "stats": k.stats.to_dict() if k.stats is not None else None}
-                    for k in completion.continuations
-                ],
-                created=completion.created,
-            )
-            if completion.forced is not None:
-                record["forced"] = completion.forced.to_dict()
-            yield record
+def jsonl_records(session: Session, *,
+                  all_branches: bool = False) -> Iterator[dict[str, Any]]:
+    """One record per completion: what a dataset needs to rebuild the input and the output.
+    With `all_branches`, every turn of the tree once (under the first branch, in `/branch`'s
+    numbering, that holds it), each record saying which branch that is."""
+    if not all_branches:
+        for t_index in range(len(session.turns)):
+            yield from _turn_records(session, session.turns, t_index)
+        return
+    seen: set[int] = set()
+    for number, branch in enumerate(session.branches(), 1):
+        for t_index, turn in enumerate(branch.turns):
+            if id(turn) not in seen:
+                seen.add(id(turn))
+                for record in _turn_records(session, branch.turns, t_index):
+                    yield {"branch": number, **record}
 
 
-def to_jsonl(session: Session) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in jsonl_records(session))
+def _turn_records(session: Session, path: list[Turn], t_index: int) -> Iterator[dict[str, Any]]:
+    """The records of the turn at `t_index` of `path` (a whole branch)."""
+    turn = path[t_index]
+    for c_index, completion in enumerate(turn.completions):
+        record: dict[str, Any] = {
+            "session": session.id,
+            "turn": t_index + 1,
+            "alternative": c_index + 1,
+            "selected": c_index == turn.selected,
+            "mode": turn.mode,
+            "prompt": turn.prompt,
+        }
+        if turn.compare:
+            record["compare"] = True
+        if turn.mode == "chat":
+            record["messages"] = [*chat_messages(path[:t_index]),
+                                  {"role": "user", "content": turn.prompt}]
+        record.update(
+            completion=completion.text,
+            finish=completion.last_finish,
+            model=completion.model,
+            params=completion.params.to_dict(),
+            seed=completion.seed,
+            stats=completion.stats.to_dict() if completion.stats is not None else None,
+            continuations=[
+                {"start": k.start, "params": k.params.to_dict(), "seed": k.seed,
+                 "finish": k.finish,
+                 "stats": k.stats.to_dict() if k.stats is not None else None}
+                for k in completion.continuations
+            ],
+            created=completion.created,
+        )
+        if completion.forced is not None:
+            record["forced"] = completion.forced.to_dict()
+        yield record
+
+
+def to_jsonl(session: Session, *, all_branches: bool = False) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                   for r in jsonl_records(session, all_branches=all_branches))

@@ -57,6 +57,10 @@ prompt that starts with /.
   /regen             another alternative for the last prompt (it becomes the selected one)
   /alt [N]           list the last prompt's alternatives, or select and show alternative N
   /continue          extend the selected alternative
+  /edit N TEXT       replace turn N's prompt with TEXT and generate from there, as a new
+                     branch (the old turns stay in their branch)
+  /branch [K]        list the branches (whole conversations; * marks the one shown), or
+                     switch to branch K
   /set NAME VALUE    change a sampling parameter, e.g. /set temperature 0.7, /set seed none
   /preset NAME       use a preset: {presets}
   /params            show the sampling parameters
@@ -172,6 +176,7 @@ class PlainRepl:
         self.refused_input = False  # a line was not UTF-8: the exit status says so
         self.commands: dict[str, Callable[[str], None]] = {
             "regen": self.cmd_regen, "alt": self.cmd_alt, "continue": self.cmd_continue,
+            "edit": self.cmd_edit, "branch": self.cmd_branch,
             "set": self.cmd_set, "preset": self.cmd_preset, "params": self.cmd_params,
             "mode": self.cmd_mode, "system": self.cmd_system, "save": self.cmd_save,
             "load": self.cmd_load, "new": self.cmd_new, "export": self.cmd_export,
@@ -360,6 +365,38 @@ class PlainRepl:
 
     def cmd_continue(self, rest: str) -> None:
         self.generate(self.conversation.continue_())
+
+    def cmd_edit(self, rest: str) -> None:
+        number, _, text = rest.partition(" ")
+        count = len(self.conversation.session.turns)
+        if not number.isdigit() or not text.strip():
+            raise TextgenError("usage: /edit N TEXT, e.g. /edit 1 Tell me about rain; turns "
+                               f"are numbered from 1 (this branch has {count}).")
+        self.generate(self.conversation.edit(int(number) - 1, text))
+        turn = self.conversation.session.turns[int(number) - 1]
+        note(f"[turn {number} is now branch {turn.branch + 1}/{turn.branch_count}; "
+             "/branch lists them]")
+
+    def cmd_branch(self, rest: str) -> None:
+        session = self.conversation.session
+        if not session.turns:
+            raise TextgenError("there is no prompt yet; submit one first.")
+        if not rest:
+            for number, branch in enumerate(session.branches(), 1):
+                shown = " → ".join(_short(t.prompt, 24) for t in branch.turns)
+                self._say(f"{'*' if branch.current else ' '} {number}: {_short(shown, 100)}")
+            return
+        if not rest.isdigit():
+            raise TextgenError(f"/branch takes a branch number, not {rest!r}.")
+        branch = self.conversation.switch_to(int(rest))
+        note(f"[branch {rest}/{len(session.branches())}: {len(branch.turns)} turn"
+             f"{'' if len(branch.turns) == 1 else 's'}]")
+        self._report_save_error()
+        turn = self.conversation.last_turn
+        if turn is not None:
+            self._say(f"{turn.mode}> {turn.prompt}")
+            if turn.completion is not None:
+                self._say(turn.completion.text)
 
     def cmd_alt(self, rest: str) -> None:
         turn = self.conversation.last_turn
@@ -595,6 +632,12 @@ class PlainRepl:
     def _report_save_error(self) -> None:
         if self.conversation.save_error:
             note(f"textgen: {self.conversation.save_error}")
+
+
+def _short(text: str, width: int) -> str:
+    """`text` on one line, shown safely, cut to `width` characters."""
+    text = neutralise(" ".join(text.split()))
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 @contextlib.contextmanager

@@ -96,22 +96,31 @@ class Hit:
     turn: int  # 1-based
     where: str  # "prompt" or "alternative N"
     snippet: str
+    branch: int | None = None  # which branch (1-based), in a session that has several
 
 
 def search(folder: Path, words: list[str]) -> Iterator[Hit]:
-    """Turns where every word occurs in the prompt or in one of the completions."""
+    """Turns where every word occurs in the prompt or in one of the completions, every branch
+    searched (each turn once, under the first branch that holds it)."""
     needles = [w.lower() for w in words if w.strip()]
     for path, session, _ in load_all(folder):
         if session is None:
             continue
-        for number, turn in enumerate(session.turns, 1):
+        branches = session.branches()
+        seen: set[int] = set()
+        for branch_number, number, turn in ((b, n, t) for b, branch in enumerate(branches, 1)
+                                            for n, t in enumerate(branch.turns, 1)):
+            if id(turn) in seen:
+                continue
+            seen.add(id(turn))
             texts = [("prompt", turn.prompt)] + [
                 (f"alternative {i + 1}", c.text) for i, c in enumerate(turn.completions)]
             whole = "\n".join(text for _, text in texts).lower()
             if not needles or not all(n in whole for n in needles):
                 continue
             where, text = next(((w, t) for w, t in texts if needles[0] in t.lower()), texts[0])
-            yield Hit(path, number, where, snippet(text, needles[0]))
+            yield Hit(path, number, where, snippet(text, needles[0]),
+                      branch_number if len(branches) > 1 else None)
 
 
 def snippet(text: str, needle: str, width: int = 80) -> str:
@@ -128,7 +137,8 @@ def run_search(args: argparse.Namespace) -> int:
     hits = 0
     for hit in search(folder, args.words):
         hits += 1
-        show(f"{hit.path.name}  turn {hit.turn} ({hit.where}): {hit.snippet}", hit.path)
+        of = f" of branch {hit.branch}" if hit.branch is not None else ""
+        show(f"{hit.path.name}  turn {hit.turn}{of} ({hit.where}): {hit.snippet}", hit.path)
     if not hits:
         print(printable(f"no turns match {' '.join(args.words)!r} in {folder}", sys.stderr),
               file=sys.stderr)

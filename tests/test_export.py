@@ -97,3 +97,38 @@ def test_comparisons_and_forced_alternatives_are_exported():
                                     "source": 1}
     assert [r.get("compare", False) for r in records] == [False] * 4 + [True, True, False]
     assert records[4]["model"] == "default" and records[5]["model"] == "models/other"
+
+
+def test_export_writes_the_branch_shown_or_every_branch(tmp_path, capsys):
+    from tests.session_factories import sample_session_v3
+
+    session = sample_session_v3()
+    path = tmp_path / "tree.json"
+    save_session(session, path)
+    assert main(["export", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "How do I *print* in Python?" in shown and "Rust" not in shown
+    assert "- **Branches** 2 (this is the one shown; `--all-branches` writes all)" in shown
+
+    assert main(["export", str(path), "--all-branches"]) == 0
+    every = capsys.readouterr().out
+    tokens = MarkdownIt().parse(every)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert [h for h in headings if h.startswith(("Branch", "Turn"))] == [
+        "Branch 1 of 2 · shown", "Turn 1 · completion", "Turn 2 · chat",
+        "Turn 3 · completion · comparison", "Turn 4 · chat",
+        "Branch 2 of 2", "Turn 1 · completion", "Turn 2 · chat", "Turn 3 · chat"]
+    assert "How do I print in Rust?" in every
+
+    assert main(["export", str(path), "--format", "jsonl", "--all-branches"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Each turn once: turn 1 is shared, so only branch 1 writes it.
+    assert [(r["branch"], r["turn"], r["prompt"]) for r in records if r["alternative"] == 1] == [
+        (1, 1, "It"), (1, 2, "How do I *print* in Python?"), (1, 3, "Compare"),
+        (1, 4, "Shorter?"), (2, 2, "How do I print in Rust?"), (2, 3, "Shorter?")]
+    assert records[-1]["messages"] == [  # the context along its own branch
+        {"role": "user", "content": "How do I print in Rust?"},
+        {"role": "assistant", "content": 'println!("1");'},
+        {"role": "user", "content": "Shorter?"}]
+    plain = to_jsonl(session)
+    assert "Rust" not in plain and '"branch"' not in plain

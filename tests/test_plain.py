@@ -193,3 +193,27 @@ def test_an_unwritable_sessions_folder_is_reported_and_save_elsewhere_works(
     assert "Not a directory; the session is kept in memory" in err
     assert f"saved to {elsewhere}" in err and "could NOT be saved" not in err
     assert len(load_session(elsewhere).turns[0].completions) == 2
+
+
+def test_edit_makes_a_branch_and_export_shows_the_new_one(tiny_model_dir, tmp_path,
+                                                          monkeypatch, capsys):
+    """The issue's check: A, B, `/edit 1 C` leaves a file holding A, B and C; the export of it
+    shows C, not B; /branch lists both and switches back."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("A\nB\n/edit 1 C\n/branch\n/edit 9 X\n"))
+    assert main(["--plain", "--model", str(tiny_model_dir), "--sessions-dir", str(tmp_path),
+                 "-n", "3", "--seed", "2"]) == 0
+    out = capsys.readouterr()
+    assert "[turn 1 is now branch 2/2; /branch lists them]" in out.err
+    assert "  1: A → B\n* 2: C\n" in out.out
+    assert "textgen: error: there is no turn 9; this branch has 1." in out.err
+    path, session = only_session(tmp_path)
+    assert sorted(t.prompt for t in session.all_turns()) == ["A", "B", "C"]
+    assert main(["export", str(path), "--format", "md"]) == 0
+    markdown = capsys.readouterr().out
+    assert "```text\nC\n```" in markdown and "```text\nB\n```" not in markdown
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/branch 1\n/branch x\n"))
+    assert main(["--plain", "--model", str(tiny_model_dir), "--session", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "[branch 1/2: 2 turns]" in out.err and "/branch takes a branch number" in out.err
+    assert [t.prompt for t in load_session(path).turns] == ["A", "B"]

@@ -52,8 +52,9 @@ def session_entries(folder: Path, limit: int = MAX_SESSIONS) -> list[tuple[Optio
         try:
             session = load_session(path)
             _check_drawable(session)
-            text = " ".join([path.name, *(t.prompt for t in session.turns),
-                             *(c.text for t in session.turns for c in t.completions)])
+            turns = list(session.all_turns())  # every branch
+            text = " ".join([path.name, *(t.prompt for t in turns),
+                             *(c.text for t in turns for c in t.completions)])
             entries.append((Option(_describe(session), id=str(path)), text.lower()))
         except Exception as exc:  # whatever is in one file, the picker lists the others
             reason = str(exc) if isinstance(exc, TextgenError | ValueError) else (
