@@ -41,7 +41,7 @@ from repl.engine import (
 from repl.errors import TextgenError
 from repl.options import use_chat_template
 from repl.params import PARAM_NAMES, SamplingParams
-from repl.session import Mode, Session, default_sessions_dir, load_session
+from repl.session import Mode, Session, Turn, default_sessions_dir, load_session
 from repl.tui.clipboard import system_copy, write_copy
 from repl.tui.compare import CompareActions
 from repl.tui.footer import FittingFooter
@@ -78,8 +78,11 @@ EXTRA_KEYS = [
 # Names in the command palette (searchable), by action; the binding's tooltip is the help line.
 COMMAND_NAMES = {
     "regenerate": "Regenerate",
-    "page(-1)": "Previous alternative",
-    "page(1)": "Next alternative",
+    "page(-1)": "Previous alternative or branch",
+    "page(1)": "Next alternative or branch",
+    "select_turn(-1)": "Select the previous turn",
+    "select_turn(1)": "Select the next turn",
+    "edit": "Edit the selected turn's prompt (a new branch)",
     "continue": "Continue the completion",
     "stop": "Stop generation",
     "new": "New session",
@@ -129,17 +132,26 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     # send-keys): no Ctrl+Enter, no Ctrl+B (tmux's prefix), nothing the prompt editor uses.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "regenerate", "Regen",
-                tooltip="Generate another alternative for the last prompt (kept beside the "
-                        "others)"),
+                tooltip="Generate another alternative for the selected turn (the last one "
+                        "unless Alt+↑ picked another; an earlier chat turn gets a new branch)"),
         Binding("alt+left", "page(-1)", "Prev", key_display="alt+←",
-                tooltip="Show the previous alternative of the last turn"),
+                tooltip="Show the previous alternative of the selected turn, then its "
+                        "previous branch"),
         Binding("alt+right", "page(1)", "Next", key_display="alt+→",
-                tooltip="Show the next alternative of the last turn"),
+                tooltip="Show the next alternative of the selected turn, then its next branch"),
+        Binding("alt+up", "select_turn(-1)", "Up", key_display="alt+↑", show=False,
+                tooltip="Select the previous turn (for paging, regenerating and editing)"),
+        Binding("alt+down", "select_turn(1)", "Down", key_display="alt+↓", show=False,
+                tooltip="Select the next turn; past the last, the last turn again"),
+        # priority: the prompt's TextArea binds F7 to "select all".
+        Binding("f7", "edit", "Edit", priority=True,
+                tooltip="Edit the selected turn's prompt in the prompt box; Enter generates "
+                        "from there as a new branch (the old one is kept), Esc cancels"),
         Binding("ctrl+g", "continue", "Cont",
-                tooltip="Continue (extend) the selected alternative"),
+                tooltip="Continue (extend) the selected alternative of the selected turn"),
         Binding("escape", "stop", "Stop",
-                tooltip="Stop the running generation, keeping its text; elsewhere, back to "
-                        "the prompt"),
+                tooltip="Stop the running generation, keeping its text; cancel an edit (F7); "
+                        "elsewhere, back to the prompt"),
         Binding("ctrl+n", "new", "New",
                 tooltip="New session: clear the transcript and the prompt (the old session "
                         "stays saved)"),
@@ -148,7 +160,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         Binding("ctrl+t", "toggle_mode", "Mode",
                 tooltip="Switch between complete and chat mode"),
         Binding("ctrl+o", "copy", "Copy",
-                tooltip="Copy the selected completion to the clipboard", show=False),
+                tooltip="Copy the selected turn's completion to the clipboard", show=False),
         Binding("ctrl+l", "switch_model", "Model",
                 tooltip="Switch model (loads in the background)"),
         Binding("f2", "toggle_inspect", "Inspect",
@@ -205,6 +217,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.loader: threading.Thread | None = None
         self._toasts_until: dict[str, float] = {}  # message -> when its toast goes away
         self._quit_asked = False
+        self.editing: int | None = None  # F7: the turn whose prompt is in the prompt box
+        self._draft = ""  # what the prompt box held before F7
 
     # --- layout -------------------------------------------------------------------------------
 
@@ -354,6 +368,9 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if self.conversation.mode == "chat" and not text.strip():
             self.notify("Write a message first.", severity="warning")
             return
+        if self.editing is not None:
+            self._edit(self.editing, text)
+            return
         if self.conversation.generator is None:
             self.queued_prompt = text
             self.notify("The model is still loading; your prompt runs as soon as it is ready.")
@@ -368,6 +385,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             return
         if self.prompt.text == text:  # a queued prompt may have been edited since
             self.prompt.clear()
+        self.transcript.select(None)  # a new turn: the keys act on it
         view = self.transcript.add_turn(self.conversation.session.turns[-1])
         self._begin("submit", view, stream)
 
@@ -380,14 +398,74 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def _act(self, kind: str, start) -> None:
         if self._refuse_while_busy() or self._refuse_invalid_params():
             return
-        view = self.transcript.last_view()
+        index = self._turn_index()
         try:
-            stream = start()
+            stream = start(index)
         except TextgenError as exc:
             self.notify(str(exc), severity="warning")
             return
-        assert view is not None  # start() raised if there was no turn
-        self._begin(kind, view, stream)
+        before = self.transcript.views()[index].turn
+        # Regenerating an earlier chat turn puts its reply on a new branch: the turns after it
+        # go with the old one, so the views from there on change.
+        views = self.transcript.sync(self.conversation.session.turns)
+        if views[index].turn is not before:
+            kind = "submit"  # the first reply of the new branch's turn
+        self._begin(kind, views[index], stream, index)
+
+    def _turn_index(self) -> int:
+        """The turn the keys act on: the selected one (Alt+Up/Down), else the last."""
+        selected = self.transcript.selected
+        return selected if selected is not None else len(self.conversation.session.turns) - 1
+
+    def action_select_turn(self, delta: int) -> None:
+        count = len(self.conversation.session.turns)
+        if count < 2:
+            self._notify_once("There is no earlier turn to select yet.")
+            return
+        index = max(0, min(count - 1, self._turn_index() + delta))
+        self.transcript.select(index)
+        self._describe(self.conversation.session.turns[index])
+
+    def action_edit(self) -> None:
+        if len(self.screen_stack) > 1 or self._refuse_while_busy():
+            return  # F7 is a priority key: it reaches here from the other screens too
+        turns = self.conversation.session.turns
+        if not turns:
+            self.notify("Nothing to edit yet; submit a prompt first.", severity="warning")
+            return
+        index = self._turn_index()
+        if turns[index].compare:
+            self.notify("A comparison cannot be edited; F4 runs a new one.", severity="warning")
+            return
+        if self.editing is None:
+            self._draft = self.prompt.text
+        self.editing = index
+        self.prompt.load_text(turns[index].prompt)
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.prompt.border_title = (f"editing turn {index + 1} · Enter: a new branch from "
+                                    "here · Esc: cancel")
+        self.prompt.focus()
+
+    def _end_edit(self, restore: bool) -> None:
+        self.editing = None
+        self.prompt.border_title = None
+        if restore:
+            self.prompt.load_text(self._draft)
+        self._draft = ""
+
+    def _edit(self, index: int, text: str) -> None:
+        if self.conversation.generator is None:
+            self.notify("The model is still loading; try again in a moment.", severity="warning")
+            return
+        try:
+            stream = self.conversation.edit(index, text)
+        except TextgenError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self._end_edit(restore=True)
+        views = self.transcript.sync(self.conversation.session.turns)
+        self.transcript.select(index)
+        self._begin("submit", views[index], stream, index)
 
     def _refuse_while_busy(self) -> bool:
         if self.job is not None:
@@ -417,21 +495,23 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         field.focus()
         return True
 
-    def _begin(self, kind: str, view: TurnView, stream: Iterator[StreamItem]) -> None:
+    def _begin(self, kind: str, view: TurnView, stream: Iterator[StreamItem],
+               index: int = -1) -> None:
         self.job = Job(kind=kind, view=view)
         view.start_live(kind)
         self.status.busy = "generating · Esc stops"
         self.status.tokens_per_s = None
         self.status.finish = ""
         self._frame_timer.resume()
-        self._consume(stream, self.job, self._prompt_estimate(kind),
+        self._consume(stream, self.job, self._prompt_estimate(kind, index),
                       self.conversation.last_request)
 
-    def _prompt_estimate(self, kind: str) -> str:
+    def _prompt_estimate(self, kind: str, index: int = -1) -> str:
         """Text standing in for the prompt, to estimate the context used while generating."""
         session = self.conversation.session
-        turn = session.turns[-1]
-        history = " ".join(m["content"] for m in session.chat_history(len(session.turns) - 1)) \
+        index %= len(session.turns)
+        turn = session.turns[index]
+        history = " ".join(m["content"] for m in session.chat_history(index)) \
             if turn.mode == "chat" else ""
         continuing = turn.completion.text if kind == "continue" and turn.completion else ""
         return f"{history} {turn.prompt}{continuing}"
@@ -546,6 +626,9 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.job.cancel_requested = True
             self.conversation.cancel()
             self.status.busy = "stopping …"
+        elif self.editing is not None:
+            self._end_edit(restore=True)
+            self.prompt.focus()
         elif not self.prompt.has_focus:
             self.prompt.focus()
 
@@ -554,24 +637,33 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def action_page(self, delta: int) -> None:
         if self._refuse_while_busy():
             return
-        turn = self.conversation.last_turn
-        if turn is None or not turn.completions:
+        turns = self.conversation.session.turns
+        turn = turns[self._turn_index()] if turns else None
+        if turn is None or (not turn.completions and turn.branch_count == 1):
             self.notify("Nothing to page through yet; submit a prompt first.",
                         severity="warning")
             return
-        if len(turn.completions) == 1:
+        index = self._turn_index()
+        if len(turn.completions) == 1 and turn.branch_count == 1:
             self.notify("This turn has one alternative; Ctrl+R makes another.")
             return
-        completion = self.conversation.page(delta)
-        view = self.transcript.last_view()
-        if view is not None:
-            view.show()
-        if completion is not None:  # the status bar describes the alternative on screen
-            stats = completion.continuations[-1].stats if completion.continuations else (
-                completion.stats)
-            self.status.finish = completion.last_finish
-            self.status.tokens_per_s = stats.tokens_per_s if stats else None
-            self.status.context_used = stats.prompt_tokens + stats.new_tokens if stats else None
+        self.conversation.page(delta, index)
+        views = self.transcript.sync(self.conversation.session.turns)
+        views[index].show()
+        if index < len(views) - 1:  # the selection stays on the paged turn
+            self.transcript.select(index)
+        self._describe(self.conversation.session.turns[index])
+
+    def _describe(self, turn: Turn) -> None:
+        """The status bar describes the turn's alternative on screen."""
+        completion = turn.completion
+        if completion is None:
+            return
+        stats = completion.continuations[-1].stats if completion.continuations else (
+            completion.stats)
+        self.status.finish = completion.last_finish
+        self.status.tokens_per_s = stats.tokens_per_s if stats else None
+        self.status.context_used = stats.prompt_tokens + stats.new_tokens if stats else None
 
     async def action_new(self) -> None:
         if self._refuse_while_busy():
@@ -637,7 +729,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.conversation.params = message.params
 
     def action_copy(self) -> None:
-        turn = self.conversation.last_turn
+        turns = self.conversation.session.turns
+        turn = turns[self._turn_index()] if turns else None
         completion = turn.completion if turn is not None else None
         if completion is None:
             self.notify("Nothing to copy yet.", severity="warning")

@@ -1,6 +1,7 @@
 """The transcript: every turn's prompt and its selected completion, with the live text of a
 generation in progress. It follows the stream only while the user is at the bottom: scrolling
-up to read stops the following, scrolling back to the end resumes it."""
+up to read stops the following, scrolling back to the end resumes it. One turn can be selected
+(Alt+Up/Down) for the keys that act on a turn; without a selection they act on the last."""
 
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ class TurnView(Static):
         if completion is None:
             return "no completion"
         parts = [f"‹ {turn.selected + 1}/{count} ›" if count > 1 else "1/1"]
+        if turn.branch_count > 1:  # other prompts (edits) were tried here: paging reaches them
+            parts.insert(0, f"branch {turn.branch + 1}/{turn.branch_count}")
         tokens = (completion.stats.new_tokens if completion.stats else 0) + sum(
             k.stats.new_tokens for k in completion.continuations if k.stats)
         if turn.compare:  # the sides of a comparison, paged like alternatives
@@ -98,6 +101,8 @@ class TurnView(Static):
                          f"(from alternative {completion.forced.source + 1})")
         if completion.continuations:
             parts.append(f"continued ×{len(completion.continuations)}")
+        if self.has_class("-selected"):
+            parts.append("selected: F7 edits")
         return " · ".join(parts)
 
 
@@ -110,6 +115,7 @@ class Transcript(VerticalScroll):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.pinned = True
+        self.selected: int | None = None  # the selected turn's index; None: the last turn
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
@@ -134,6 +140,7 @@ class Transcript(VerticalScroll):
         return AwaitComplete(self._load(list(turns)))
 
     async def _load(self, turns: list[Turn]) -> None:
+        self.selected = None
         await self.remove_children()
         if not turns:
             await self.mount(Static(WELCOME, classes="welcome"))
@@ -152,6 +159,46 @@ class Transcript(VerticalScroll):
     def last_view(self) -> TurnView | None:
         views = self.query(TurnView)
         return views.last() if views else None
+
+    def views(self) -> list[TurnView]:
+        return list(self.query(TurnView))
+
+    def sync(self, turns: list[Turn]) -> list[TurnView]:
+        """Show `turns` (the branch now shown), keeping the views of the turns that did not
+        change and replacing the rest; returns the views in order."""
+        views = self.views()
+        keep = 0
+        while keep < min(len(views), len(turns)) and views[keep].turn is turns[keep]:
+            keep += 1
+        for view in views[keep:]:
+            view.remove()
+        fresh = [TurnView(turn, number) for number, turn in enumerate(turns[keep:], keep + 1)]
+        if fresh:
+            self.mount_all(fresh)
+        if self.selected is not None and self.selected >= len(turns):
+            self.selected = None
+        for view in views[:keep]:
+            view.show()  # its branch count may have changed
+        self._mark_selected(views[:keep] + fresh)
+        return views[:keep] + fresh
+
+    def select(self, index: int | None) -> TurnView | None:
+        """Select the turn at `index` (None: back to the last turn) and bring it into view."""
+        views = self.views()
+        self.selected = index if index is not None and 0 <= index < len(views) - 1 else None
+        self._mark_selected(views)
+        if self.selected is None:
+            self.follow()
+            return views[-1] if views else None
+        self.scroll_to_widget(views[self.selected], animate=False)
+        return views[self.selected]
+
+    def _mark_selected(self, views: list[TurnView]) -> None:
+        for index, view in enumerate(views):
+            selected = index == self.selected
+            if view.has_class("-selected") != selected:
+                view.set_class(selected, "-selected")
+                view.show()
 
 
 def seed_text(turn: Turn) -> str:
