@@ -8,7 +8,7 @@ import pytest
 from textual.widgets import Input, Static
 
 from repl.params import SamplingParams
-from repl.session import Session, load_session
+from repl.session import VERSION, Session, load_session
 from repl.tui.compare import CompareScreen, parse_side_params
 from tests.test_tui import idle, make_app, submit, until
 from tests.tiny_models import save_random_gpt2
@@ -61,7 +61,7 @@ async def test_compare_two_parameter_sets_streams_both_panes_and_saves(tiny_load
         saved = load_session(app.conversation.path)
         assert saved.turns[-1].compare and saved.turns[-1].completions[1].text == right.text
         data = json.loads(app.conversation.path.read_text())
-        assert data["version"] == 2 and data["turns"][-1]["compare"] is True
+        assert data["version"] == VERSION and data["turns"][-1]["compare"] is True
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, CompareScreen))
         view = app.transcript.last_view()

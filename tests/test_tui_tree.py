@@ -75,8 +75,11 @@ async def test_f7_edits_an_earlier_prompt_into_a_new_branch_and_paging_goes_back
         assert prompts(app) == shown(app) == ["one", "two", "three"]
         assert app.transcript.views()[1].meta_line().startswith("branch 1/2")
         assert app.transcript.selected == 1  # the selection stays on the paged turn
+        assert [v.has_class("-selected") for v in app.transcript.views()] == [
+            False, True, False]
         await pilot.press("alt+right")  # and forward again
         assert prompts(app) == shown(app) == ["one", "TWO"]
+        assert app.transcript.selected is None  # the paged turn is the last one now
         assert load_session(app.conversation.path) == app.conversation.session
 
 
@@ -103,7 +106,8 @@ async def test_ctrl_r_regenerates_the_selected_turn(scripted, tmp_path):
                     and app.conversation.session.turns[0].completions)
         await idle(pilot, app)
         # The later turns answered the first reply: they stay with it, on the old branch.
-        assert shown(app) == ["one"]
+        assert shown(app) == ["one"] and app.transcript.selected is None
+        assert not app.transcript.views()[0].has_class("-selected")
         assert app.transcript.views()[0].meta_line().startswith("branch 2/2")
         await pilot.press("alt+left")
         assert shown(app) == ["one", "two", "three"]

@@ -464,7 +464,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             return
         self._end_edit(restore=True)
         views = self.transcript.sync(self.conversation.session.turns)
-        self.transcript.select(index)
+        self.transcript.select(index, views)
         self._begin("submit", views[index], stream, index)
 
     def _refuse_while_busy(self) -> bool:
@@ -650,8 +650,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.conversation.page(delta, index)
         views = self.transcript.sync(self.conversation.session.turns)
         views[index].show()
-        if index < len(views) - 1:  # the selection stays on the paged turn
-            self.transcript.select(index)
+        self.transcript.select(index, views)  # the selection stays on the paged turn
         self._describe(self.conversation.session.turns[index])
 
     def _describe(self, turn: Turn) -> None:

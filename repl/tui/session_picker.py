@@ -78,7 +78,9 @@ def _describe(session: Session) -> Text:
     completions = sum(len(t.completions) for t in session.turns)
     line = Text()
     line.append(shown(session.created[:16].replace("T", " ")), style="bold")
-    line.append(shown(f"  {len(session.turns)} turns · {completions} completions · "
+    count = len(session.branches())
+    branches = f" · {count} branches" if count > 1 else ""
+    line.append(shown(f"  {len(session.turns)} turns · {completions} completions{branches} · "
                       f"{session.model.get('name', '?')}  "), style="dim")
     line.append(shown(session.title))
     return line

@@ -175,16 +175,18 @@ class Transcript(VerticalScroll):
         fresh = [TurnView(turn, number) for number, turn in enumerate(turns[keep:], keep + 1)]
         if fresh:
             self.mount_all(fresh)
-        if self.selected is not None and self.selected >= len(turns):
-            self.selected = None
+        if self.selected is not None and self.selected >= len(turns) - 1:
+            self.selected = None  # the last turn: what no selection means
         for view in views[:keep]:
             view.show()  # its branch count may have changed
         self._mark_selected(views[:keep] + fresh)
         return views[:keep] + fresh
 
-    def select(self, index: int | None) -> TurnView | None:
-        """Select the turn at `index` (None: back to the last turn) and bring it into view."""
-        views = self.views()
+    def select(self, index: int | None,
+               views: list[TurnView] | None = None) -> TurnView | None:
+        """Select the turn at `index` (None: back to the last turn) and bring it into view;
+        `views`: what `sync` returned (views it mounted may not be queryable yet)."""
+        views = self.views() if views is None else views
         self.selected = index if index is not None and 0 <= index < len(views) - 1 else None
         self._mark_selected(views)
         if self.selected is None:
