@@ -17,6 +17,7 @@ from repl.engine import GenerationRequest, GenerationStats, Generator, Notice, S
 from repl.errors import TextgenError
 from repl.params import SamplingParams
 from repl.session import (
+    EDITED,
     Branch,
     Completion,
     Continuation,
@@ -180,6 +181,24 @@ class Conversation:
         self.session.new_branch(index, turn)
         return self._first_completion(generator, index, self._seeded(self.params))
 
+    def edit_reply(self, turn_index: int, text: str) -> Completion:
+        """Keep `text` as a new alternative of a turn, written by hand (finish `edited`): in
+        place, or on a new branch where later chat turns answered the reply shown (as
+        `regenerate`). Continue (`continue_`) generates on from it."""
+        index = self._index(turn_index)
+        turn = self._not_compare(self.session.turns[index], "edited")
+        source = turn.completion
+        if self._answered_later(index):
+            turn = Turn(mode=turn.mode, prompt=turn.prompt)
+            self.session.new_branch(index, turn)
+        model = source.model if source is not None else self.session.model.get("spec", "")
+        completion = Completion(text=text, params=self.params, seed=0, stats=None,
+                                finish=EDITED, model=model, history=self._refs(index))
+        turn.completions.append(completion)
+        turn.selected = len(turn.completions) - 1
+        self.save()
+        return completion
+
     def regenerate(self, turn_index: int = -1) -> Iterator[StreamItem]:
         """Another alternative for a turn; it becomes the selected one.
 
@@ -235,6 +254,9 @@ class Conversation:
         """
         turn = self._turn(turn_index)
         completion = self._completion(turn, completion_index)
+        if completion.finish == EDITED:
+            raise TextgenError(f"alternative {completion_index + 1} was written by hand "
+                               "(edited); there is nothing to replay.")
         forced = completion.forced
         index = self.session.turns.index(turn)
         if forced is not None:

@@ -59,6 +59,8 @@ prompt that starts with /.
   /continue          extend the selected alternative
   /edit N TEXT       replace turn N's prompt with TEXT and generate from there, as a new
                      branch (the old turns stay in their branch)
+  /reply N TEXT      keep TEXT as turn N's reply (a new alternative, written by hand; on a
+                     new branch when later chat turns answered the old reply)
   /branch [K]        list the branches (whole conversations; * marks the one shown), or
                      switch to branch K
   /set NAME VALUE    change a sampling parameter, e.g. /set temperature 0.7, /set seed none
@@ -176,7 +178,7 @@ class PlainRepl:
         self.refused_input = False  # a line was not UTF-8: the exit status says so
         self.commands: dict[str, Callable[[str], None]] = {
             "regen": self.cmd_regen, "alt": self.cmd_alt, "continue": self.cmd_continue,
-            "edit": self.cmd_edit, "branch": self.cmd_branch,
+            "edit": self.cmd_edit, "reply": self.cmd_reply, "branch": self.cmd_branch,
             "set": self.cmd_set, "preset": self.cmd_preset, "params": self.cmd_params,
             "mode": self.cmd_mode, "system": self.cmd_system, "save": self.cmd_save,
             "load": self.cmd_load, "new": self.cmd_new, "export": self.cmd_export,
@@ -376,6 +378,18 @@ class PlainRepl:
         turn = self.conversation.session.turns[int(number) - 1]
         note(f"[turn {number} is now branch {turn.branch + 1}/{turn.branch_count}; "
              "/branch lists them]")
+
+    def cmd_reply(self, rest: str) -> None:
+        number, _, text = rest.partition(" ")
+        if not number.isdigit() or not text:
+            raise TextgenError("usage: /reply N TEXT: keep TEXT as turn N's reply.")
+        self.conversation.edit_reply(int(number) - 1, text)
+        turn = self.conversation.session.turns[int(number) - 1]
+        branch = (f" on branch {turn.branch + 1}/{turn.branch_count}"
+                  if turn.branch_count > 1 and len(turn.completions) == 1 else "")
+        note(f"[turn {number}: alternative {turn.selected + 1}/{len(turn.completions)}, "
+             f"written by hand{branch}]")
+        self._report_save_error()
 
     def cmd_branch(self, rest: str) -> None:
         session = self.conversation.session

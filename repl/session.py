@@ -9,12 +9,13 @@ A compare turn (version 2) holds one prompt run two ways (two models or two para
 same seed): its completions are the left and the right side. A forced completion branched from
 another at a token the user chose (inspect mode); `forced` says where and which token.
 
-Regenerating appends a completion to a turn; continuing extends the selected completion and
-records a `Continuation` (where it starts, and its own params, seed and stats), so every piece of
-text can be replayed exactly. In chat, each generation also records which earlier replies (and how
-much of each) it was given as `history`, so paging or continuing them later does not change its
-replay; readers that do not know the field ignore it. Files carry `format` and `version`; writes
-are atomic.
+A completion whose `finish` is `edited` was written by hand (its text replaced a reply, version
+3): it has no stats and nothing to replay. Regenerating appends a completion to a turn;
+continuing extends the selected completion and records a `Continuation` (where it starts, and
+its own params, seed and stats), so every piece of text can be replayed exactly. In chat, each
+generation also records which earlier replies (and how much of each) it was given as `history`,
+so paging or continuing them later does not change its replay; readers that do not know the
+field ignore it. Files carry `format` and `version`; writes are atomic.
 
 The conversation is a tree (version 3). `Session.turns` is always the branch being worked on, a
 plain list. Editing a prompt (or regenerating a chat turn that later turns depend on) starts a
@@ -667,6 +668,7 @@ def _get(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
 _KIND_NAMES = {str: "text", int: "a whole number", dict: "an object", list: "a list",
                bool: "true or false", float: "a number"}
 FINISH_REASONS = ("length", "eos", "stop", "cancelled", "error")
+EDITED = "edited"  # a completion's finish when its text was written by hand (version 3)
 
 
 def _json_type(value: Any) -> str:
@@ -686,9 +688,9 @@ def _date(data: dict[str, Any], where: str) -> str:
 
 def _finish(data: dict[str, Any], where: str) -> str:
     value = _get(data, "finish", str, where)
-    if value not in FINISH_REASONS:
-        raise ValueError(f"{where}: 'finish' should be one of {', '.join(FINISH_REASONS)}, "
-                         f"not {value[:40]!r}")
+    if value not in (*FINISH_REASONS, EDITED):
+        raise ValueError(f"{where}: 'finish' should be one of {', '.join(FINISH_REASONS)} or "
+                         f"{EDITED}, not {value[:40]!r}")
     return value
 
 

@@ -125,3 +125,40 @@ def test_switch_to_a_whole_branch_by_number(chat):
     assert load_session(chat.path).turns[1].prompt == "B2"  # switching saves
     with pytest.raises(TextgenError, match="there is no branch 4; this session has 3"):
         chat.switch_to(4)
+
+
+def test_an_edited_reply_is_a_new_alternative_or_branch_and_cannot_be_replayed(chat):
+    completion = chat.edit_reply(2, "By hand.")  # the last turn: in place
+    turn = chat.session.turns[2]
+    assert turn.completions[1] is completion and turn.selected == 1
+    assert completion.finish == "edited" and completion.stats is None
+    with pytest.raises(TextgenError, match="written by hand"):
+        chat.replay_request(2, 1)
+    chat.edit_reply(0, "Changed.")  # B and C answered A's old reply: a new branch
+    assert prompts(chat) == ["A"] and chat.session.turns[0].branch_count == 2
+    consume(chat.submit("D"))
+    messages = chat.generator.requests[-1].messages
+    assert [m["content"] for m in messages] == ["Be brief.", "A", "Changed.", "D"]
+    assert load_session(chat.path) == chat.session
+
+
+def test_plain_repl_edit_reply_and_branch_commands(chat, tmp_path, capsys):
+    import io
+
+    from repl.plain import PlainRepl
+
+    out = io.StringIO()
+    repl = PlainRepl(chat, tmp_path, interactive=False, out=out)
+    repl.handle("/edit 2 B2")
+    repl.handle("/reply 1 By hand.")
+    repl.handle("/branch")
+    repl.handle("/edit two X")
+    repl.handle("/branch 9")
+    err = capsys.readouterr().err
+    assert "[turn 2 is now branch 2/2; /branch lists them]" in err
+    assert "[turn 1: alternative 1/1, written by hand on branch 2/2]" in err
+    assert "usage: /edit N TEXT" in err and "there is no branch 9; this session has 3" in err
+    assert out.getvalue().endswith("  1: A → B → C\n  2: A → B2\n* 3: A\n")
+    repl.handle("/branch 2")
+    assert prompts(chat) == ["A", "B2"]
+    assert "[branch 2/3: 2 turns]" in capsys.readouterr().err

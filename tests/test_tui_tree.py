@@ -60,7 +60,7 @@ async def test_f7_edits_an_earlier_prompt_into_a_new_branch_and_paging_goes_back
     async with app.run_test(size=SIZE) as pilot:
         await three_chat_turns(pilot, app)
         await pilot.press("alt+up", "f7")
-        assert app.prompt.text == "two" and app.editing == 1
+        assert app.prompt.text == "two" and app.editing == (1, "prompt")
         assert "editing turn 2" in str(app.prompt.border_title)
         await pilot.press("ctrl+u", *"TWO", "enter")
         await until(pilot, lambda: prompts(app) == ["one", "TWO"]
@@ -158,3 +158,30 @@ async def test_f6_reopens_the_same_tree(scripted, tmp_path):
         assert again.transcript.views()[1].meta_line().startswith("branch 1/2")
         await pilot.press("alt+up", "alt+right")  # the edited branch is there too
         assert shown(again) == ["one", "TWO"]
+
+
+@pytest.mark.anyio
+async def test_f8_keeps_an_edited_reply_and_ctrl_g_continues_from_it(scripted, tmp_path):
+    backend = scripted([" more"])
+    app = scripted_app(backend, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await three_chat_turns(pilot, app)
+        await pilot.press("alt+up", "alt+up", "f8")  # the first turn's reply
+        assert app.prompt.text == " more" and app.editing == (0, "reply")
+        assert "editing turn 1's reply" in str(app.prompt.border_title)
+        await pilot.press("ctrl+u", *"Rain falls.", "enter")
+        await pilot.pause()
+        # Turns 2 and 3 answered the old reply: the edited one starts a new branch.
+        assert shown(app) == ["one"] and app.editing is None
+        turn = app.conversation.session.turns[0]
+        assert turn.completion.text == "Rain falls." and turn.completion.finish == "edited"
+        assert "written by hand" in app.transcript.views()[0].meta_line()
+        await pilot.press("ctrl+g")
+        await idle(pilot, app)
+        assert turn.completion.text == "Rain falls. more"
+        assert backend.requests[-1].messages[-1] == {"role": "assistant",
+                                                     "content": "Rain falls."}
+        saved = load_session(app.conversation.path)
+        assert saved.turns[0].completions[0].finish == "edited"
+        await pilot.press("alt+left")
+        assert shown(app) == ["one", "two", "three"]

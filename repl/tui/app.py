@@ -82,7 +82,8 @@ COMMAND_NAMES = {
     "page(1)": "Next alternative or branch",
     "select_turn(-1)": "Select the previous turn",
     "select_turn(1)": "Select the next turn",
-    "edit": "Edit the selected turn's prompt (a new branch)",
+    "edit('prompt')": "Edit the selected turn's prompt (a new branch)",
+    "edit('reply')": "Edit the selected turn's reply (a new alternative)",
     "continue": "Continue the completion",
     "stop": "Stop generation",
     "new": "New session",
@@ -144,9 +145,13 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         Binding("alt+down", "select_turn(1)", "Down", key_display="alt+↓", show=False,
                 tooltip="Select the next turn; past the last, the last turn again"),
         # priority: the prompt's TextArea binds F7 to "select all".
-        Binding("f7", "edit", "Edit", priority=True,
+        Binding("f7", "edit('prompt')", "Edit", key_display="f7", priority=True,
                 tooltip="Edit the selected turn's prompt in the prompt box; Enter generates "
                         "from there as a new branch (the old one is kept), Esc cancels"),
+        Binding("f8", "edit('reply')", "Reply", key_display="f8", priority=True, show=False,
+                tooltip="Edit the selected turn's reply in the prompt box; Enter keeps it as a "
+                        "new alternative written by hand (Ctrl+G continues from it), Esc "
+                        "cancels"),
         Binding("ctrl+g", "continue", "Cont",
                 tooltip="Continue (extend) the selected alternative of the selected turn"),
         Binding("escape", "stop", "Stop",
@@ -217,7 +222,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.loader: threading.Thread | None = None
         self._toasts_until: dict[str, float] = {}  # message -> when its toast goes away
         self._quit_asked = False
-        self.editing: int | None = None  # F7: the turn whose prompt is in the prompt box
+        # F7 / F8: the turn whose prompt or reply is in the prompt box, and which of the two.
+        self.editing: tuple[int, str] | None = None
         self._draft = ""  # what the prompt box held before F7
 
     # --- layout -------------------------------------------------------------------------------
@@ -369,7 +375,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.notify("Write a message first.", severity="warning")
             return
         if self.editing is not None:
-            self._edit(self.editing, text)
+            index, part = self.editing
+            if part == "reply":
+                self._edit_reply(index, text)
+            else:
+                self._edit(index, text)
             return
         if self.conversation.generator is None:
             self.queued_prompt = text
@@ -426,24 +436,35 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.transcript.select(index)
         self._describe(self.conversation.session.turns[index])
 
-    def action_edit(self) -> None:
+    def action_edit(self, part: str) -> None:
+        """F7 (`part` "prompt") / F8 ("reply"): the selected turn's text into the prompt box."""
         if len(self.screen_stack) > 1 or self._refuse_while_busy():
-            return  # F7 is a priority key: it reaches here from the other screens too
+            return  # F7/F8 are priority keys: they reach here from the other screens too
         turns = self.conversation.session.turns
         if not turns:
             self.notify("Nothing to edit yet; submit a prompt first.", severity="warning")
             return
         index = self._turn_index()
-        if turns[index].compare:
+        turn = turns[index]
+        if turn.compare:
             self.notify("A comparison cannot be edited; F4 runs a new one.", severity="warning")
+            return
+        if part == "reply" and turn.completion is None:
+            self.notify("This turn has no reply to edit yet.", severity="warning")
             return
         if self.editing is None:
             self._draft = self.prompt.text
-        self.editing = index
-        self.prompt.load_text(turns[index].prompt)
+        self.editing = (index, part)
+        if part == "reply":
+            assert turn.completion is not None
+            self.prompt.load_text(turn.completion.text)
+            self.prompt.border_title = (f"editing turn {index + 1}'s reply · Enter: keep it as "
+                                        "a new alternative · Esc: cancel")
+        else:
+            self.prompt.load_text(turn.prompt)
+            self.prompt.border_title = (f"editing turn {index + 1} · Enter: a new branch from "
+                                        "here · Esc: cancel")
         self.prompt.move_cursor(self.prompt.document.end)
-        self.prompt.border_title = (f"editing turn {index + 1} · Enter: a new branch from "
-                                    "here · Esc: cancel")
         self.prompt.focus()
 
     def _end_edit(self, restore: bool) -> None:
@@ -452,6 +473,23 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if restore:
             self.prompt.load_text(self._draft)
         self._draft = ""
+
+    def _edit_reply(self, index: int, text: str) -> None:
+        try:
+            completion = self.conversation.edit_reply(index, text)
+        except TextgenError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self._end_edit(restore=True)
+        views = self.transcript.sync(self.conversation.session.turns)
+        self.transcript.select(index, views)
+        views[index].show()
+        self._describe(views[index].turn)
+        turn = views[index].turn
+        self.notify(f"Kept as alternative {turn.completions.index(completion) + 1} of turn "
+                    f"{index + 1}, written by hand; Ctrl+G continues from it.")
+        if self.conversation.save_error:
+            self.notify(self.conversation.save_error, severity="error", timeout=10)
 
     def _edit(self, index: int, text: str) -> None:
         if self.conversation.generator is None:
@@ -679,6 +717,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.conversation.inspect = old.inspect
         self.conversation.system = old.system  # a setting, like the params: it carries over
         await self.transcript.load([])
+        if self.editing is not None:  # the turn being edited belongs to the old session
+            self._end_edit(restore=False)
         self.prompt.clear()
         self.prompt.focus()
         self.status.finish = ""
@@ -791,6 +831,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.panel.set_system(self.conversation.system)
         self._set_mode(self.conversation.mode)
         self.transcript.load(session.turns)
+        if self.editing is not None:  # the turn being edited belongs to the other session
+            self._end_edit(restore=True)
         self.status.finish = ""
         self._show_path()
         self.prompt.focus()

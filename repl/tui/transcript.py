@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from repl.session import Turn
+from repl.session import EDITED, Turn
 from repl.tui.inspect_view import inspect_body
 
 WELCOME = ("Write a prompt below and press Enter. The model continues your text "
@@ -95,14 +95,18 @@ class TurnView(Static):
             k.stats.new_tokens for k in completion.continuations if k.stats)
         if turn.compare:  # the sides of a comparison, paged like alternatives
             parts[0] = f"compare ‹ {'AB'[turn.selected]} › {completion.model}"
-        parts += [seed_text(turn), f"{tokens} tokens", completion.last_finish]
+        if completion.finish == EDITED:  # written by hand: no seed, no tokens of its own
+            parts += ["written by hand"] + (
+                [f"{tokens} tokens", completion.last_finish] if completion.continuations else [])
+        else:
+            parts += [seed_text(turn), f"{tokens} tokens", completion.last_finish]
         if completion.forced is not None:  # F3: one token chosen by hand, the rest sampled
             parts.append(f"forced {completion.forced.token!r} "
                          f"(from alternative {completion.forced.source + 1})")
         if completion.continuations:
             parts.append(f"continued ×{len(completion.continuations)}")
         if self.has_class("-selected"):
-            parts.append("selected: F7 edits")
+            parts.append("selected: F7 edits the prompt, F8 the reply")
         return " · ".join(parts)
 
 
