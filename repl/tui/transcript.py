@@ -155,17 +155,19 @@ class Transcript(VerticalScroll):
     def add_turn(self, turn: Turn) -> TurnView:
         for welcome in self.query(".welcome"):
             welcome.remove()
-        view = TurnView(turn, len(self.query(TurnView)) + 1)
+        view = TurnView(turn, len(self.views()) + 1)
         self.mount(view)
         self.follow()  # a new prompt always brings the view to the bottom
         return view
 
     def last_view(self) -> TurnView | None:
-        views = self.query(TurnView)
-        return views.last() if views else None
+        views = self.views()
+        return views[-1] if views else None
 
     def views(self) -> list[TurnView]:
-        return list(self.query(TurnView))
+        """The turn views in order, without those being removed (a removal completes later;
+        `display` is False from its start)."""
+        return [view for view in self.query(TurnView) if view.display]
 
     def sync(self, turns: list[Turn]) -> list[TurnView]:
         """Show `turns` (the branch now shown), keeping the views of the turns that did not
