@@ -204,13 +204,14 @@ class Conversation:
 
         A chat turn that later chat turns depend on (their context holds its reply) gets the new
         reply on a new branch instead, so those turns stay with the reply they answered.
-        With a fixed seed the Nth alternative at a position uses seed + N, so alternatives differ
-        and the whole session still replays exactly.
+        With a fixed seed the Nth alternative of a prompt at a position (all its branches
+        counted) uses seed + N, so alternatives differ and the whole session still replays
+        exactly.
         """
         generator = self._ready()
         index = self._index(turn_index)
         turn = self._not_compare(self.session.turns[index], "regenerated")
-        made = sum(len(line[0].completions) for line in self.session.lines_at(index))
+        made = len(turn.same_prompt_completions())
         params = self.params
         if params.seed is not None:
             params = params.replace(seed=(params.seed + made) % 2**32)

@@ -143,6 +143,17 @@ class Turn:
         """How many lines start at this turn's position (1: no branches)."""
         return len(self.branches) + 1
 
+    def siblings(self) -> list[Turn]:
+        """The first turn of every line at this turn's position, in order, this one included
+        (call it on the turn shown there: it holds the others)."""
+        heads = [line[0] for line in self.branches]
+        return [*heads[:self.branch], self, *heads[self.branch:]]
+
+    def same_prompt_completions(self) -> list[Completion]:
+        """Every completion made at this position for this prompt, line by line: with a fixed
+        seed the Nth of them used seed + N - 1 (see `Conversation.regenerate`)."""
+        return [c for t in self.siblings() if t.prompt == self.prompt for c in t.completions]
+
 
 @dataclass(frozen=True)
 class Branch:

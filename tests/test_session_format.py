@@ -372,3 +372,22 @@ def test_bad_session_on_the_command_line_is_one_line(tmp_path, capsys, content, 
         assert err == f"textgen: error: {path}: {problem}" + err.split(problem, 1)[1]
         assert err.count("\n") == 1 and "Traceback" not in err
     assert path.read_bytes() == content
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions)
+def test_switching_branches_loses_nothing_and_keeps_their_numbers(session):
+    def leaves() -> list[list[int]]:
+        return [[id(t) for t in b.turns] for b in session.branches()]
+
+    every, numbered = sorted(id(t) for t in session.all_turns()), leaves()
+    branches = session.branches()
+    assert sum(b.current for b in branches) == 1
+    for number, branch in enumerate(branches):
+        session.switch_to(branch)
+        assert session.turns == branch.turns  # the whole conversation is now the shown one
+        assert [b.current for b in session.branches()] == [i == number for i in
+                                                          range(len(branches))]
+        assert sorted(id(t) for t in session.all_turns()) == every
+        assert leaves() == numbered  # /branch K means the same conversation whatever is shown
+        assert Session.from_dict(json.loads(encode_session(session))) == session

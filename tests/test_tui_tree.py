@@ -108,6 +108,8 @@ async def test_ctrl_r_regenerates_the_selected_turn(scripted, tmp_path):
         # The later turns answered the first reply: they stay with it, on the old branch.
         assert shown(app) == ["one"] and app.transcript.selected is None
         assert not app.transcript.views()[0].has_class("-selected")
+        # Seed 7 made the first reply; the rule counts the replies on every branch.
+        assert "seed 8 (= 7 + 1)" in app.transcript.views()[0].meta_line()
         assert app.transcript.views()[0].meta_line().startswith("branch 2/2")
         await pilot.press("alt+left")
         assert shown(app) == ["one", "two", "three"]

@@ -211,11 +211,13 @@ class Transcript(VerticalScroll):
 
 def seed_text(turn: Turn) -> str:
     """The selected alternative's seed, with the rule when it was derived from the first's: a
-    fixed seed gives alternative N the seed + N - 1, so alternatives differ and still replay."""
+    fixed seed gives alternative N the seed + N - 1, so alternatives differ and still replay
+    (counted over every branch at this position with the same prompt)."""
     completion = turn.completion
     assert completion is not None
-    first = turn.completions[0].seed
-    offset = turn.selected
+    made = turn.same_prompt_completions()
+    first = made[0].seed
+    offset = next(i for i, c in enumerate(made) if c is completion)
     if offset and completion.forced is None and completion.seed == (first + offset) % 2**32:
         return f"seed {completion.seed} (= {first} + {offset})"
     return f"seed {completion.seed}"
