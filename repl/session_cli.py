@@ -82,8 +82,10 @@ def run_list(args: argparse.Namespace) -> int:
             print(printable(f"textgen: skipped {problem}", sys.stderr), file=sys.stderr)
             continue
         completions = sum(len(t.completions) for t in session.turns)
+        count = len(session.branches())
+        branches = f"/{count} branches" if count > 1 else ""
         show(f"{path.name}  {session.created[:16].replace('T', ' ')}  "
-             f"{len(session.turns)} turns/{completions} completions  "
+             f"{len(session.turns)} turns/{completions} completions{branches}  "
              f"{session.model.get('name', '?')}  {session.title}", path)
     if not found:
         print(f"no saved sessions in {folder}", file=sys.stderr)

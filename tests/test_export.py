@@ -132,3 +132,15 @@ def test_export_writes_the_branch_shown_or_every_branch(tmp_path, capsys):
         {"role": "user", "content": "Shorter?"}]
     plain = to_jsonl(session)
     assert "Rust" not in plain and '"branch"' not in plain
+
+
+def test_sessions_list_and_search_see_every_branch(tmp_path, capsys):
+    from tests.session_factories import sample_session_v3
+
+    session = sample_session_v3()
+    save_session(session, tmp_path / session_filename(session))
+    assert main(["sessions", "list", "--sessions-dir", str(tmp_path)]) == 0
+    assert "4 turns/7 completions/2 branches" in capsys.readouterr().out
+    assert main(["sessions", "search", "rust", "--sessions-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith(
+        "turn 2 of branch 2 (prompt): How do I print in Rust?\n")
