@@ -145,7 +145,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         Binding("alt+down", "select_turn(1)", "Down", key_display="alt+↓", show=False,
                 tooltip="Select the next turn; past the last, the last turn again"),
         # priority: the prompt's TextArea binds F7 to "select all".
-        Binding("f7", "edit('prompt')", "Edit", key_display="f7", priority=True,
+        Binding("f7", "edit('prompt')", "Edit", key_display="f7", priority=True, show=False,
                 tooltip="Edit the selected turn's prompt in the prompt box; Enter generates "
                         "from there as a new branch (the old one is kept), Esc cancels"),
         Binding("f8", "edit('reply')", "Reply", key_display="f8", priority=True, show=False,
