@@ -676,12 +676,12 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if self._refuse_while_busy():
             return
         turns = self.conversation.session.turns
-        turn = turns[self._turn_index()] if turns else None
+        index = self._turn_index()
+        turn = turns[index] if turns else None
         if turn is None or (not turn.completions and turn.branch_count == 1):
             self.notify("Nothing to page through yet; submit a prompt first.",
                         severity="warning")
             return
-        index = self._turn_index()
         if len(turn.completions) == 1 and turn.branch_count == 1:
             self.notify("This turn has one alternative; Ctrl+R makes another.")
             return
