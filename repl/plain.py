@@ -202,7 +202,7 @@ class PlainRepl:
                 if self.conversation.session.turns:
                     count = len(self.conversation.session.turns)
                     note(f"resumed {count} turn{'s' if count > 1 else ''} from "
-                         f"{self.conversation.path}")
+                         f"{self.conversation.path}{self._branch_note()}")
                 for line in self._lines():
                     self.handle(line)
                     if not self.running or self.terminating:
@@ -501,7 +501,7 @@ class PlainRepl:
                  f"with {current.info.spec} from now on (/model SPEC switches).")
             self.conversation.set_generator(current)
         note(f"loaded {len(session.turns)} turn{'' if len(session.turns) == 1 else 's'} "
-             f"from {path}")
+             f"from {path}{self._branch_note()}")
         turn = self.conversation.last_turn
         if turn is not None and turn.completion is not None:
             self._say(f"{turn.mode}> {turn.prompt}")
@@ -642,6 +642,13 @@ class PlainRepl:
             self.conversation.keep_unsaved()
         except TextgenError as exc:
             raise TextgenError(f"{exc} (/save FILE writes it elsewhere)") from None
+
+    def _branch_note(self) -> str:
+        branches = self.conversation.session.branches()
+        if len(branches) == 1:
+            return ""
+        shown = next(i for i, b in enumerate(branches, 1) if b.current)
+        return f" (branch {shown} of {len(branches)}; /branch lists them)"
 
     def _report_save_error(self) -> None:
         if self.conversation.save_error:

@@ -216,4 +216,5 @@ def test_edit_makes_a_branch_and_export_shows_the_new_one(tiny_model_dir, tmp_pa
     assert main(["--plain", "--model", str(tiny_model_dir), "--session", str(path)]) == 0
     out = capsys.readouterr()
     assert "[branch 1/2: 2 turns]" in out.err and "/branch takes a branch number" in out.err
+    assert "(branch 2 of 2; /branch lists them)" in out.err  # where the file left off
     assert [t.prompt for t in load_session(path).turns] == ["A", "B"]
