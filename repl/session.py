@@ -428,9 +428,13 @@ def load_session(path: Path) -> Session:
     except ValueError as exc:  # e.g. an integer too long to convert
         raise TextgenError(f"{path}: invalid JSON ({_one_line(str(exc))})") from None
     try:
-        return Session.from_dict(data)
+        session = Session.from_dict(data)
+        session.branches()  # a tree too deep to walk is refused here, not later in a face
+        return session
     except ValueError as exc:
         raise TextgenError(f"{path}: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise TextgenError(f"{path}: invalid session (branches nested too deeply)") from None
 
 
 MAX_SESSION_BYTES = 256 * 2**20  # far above any real transcript; a /dev/zero link stops here

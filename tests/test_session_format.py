@@ -322,8 +322,21 @@ def broken_files() -> list[tuple[str, bytes]]:
         ("latin-1", "{\"x\": \"é\"}".encode("latin-1")), ("BOM", b"\xef\xbb\xbf" + good),
         ("deep nesting", b"[" * 100_000), ("huge integer", b"1" * 5000),
         ("binary", bytes(range(256))), ("a pickle", b"\x80\x04\x95\x00\x00."),
+        ("branches nested 250 deep", _deep_branches(data, 250)),
+        ("branches nested 2000 deep", _deep_branches(data, 2000)),
     ]
     return cases
+
+
+def _deep_branches(data: dict, depth: int) -> bytes:
+    """`data` whose last turn holds a branch holding a branch ... `depth` times (built as text:
+    json.dumps itself would recurse)."""
+    plain = '{"mode": "chat", "prompt": "p", "selected": 0, "completions": []}'
+    turn = plain
+    for _ in range(depth):
+        turn = (plain[:-1] + ', "branch": 0, "branches": [[' + plain + ", " + turn + "]]}")
+    head = json.dumps({**data, "turns": []})
+    return head.replace('"turns": []', '"turns": [' + turn + "]").encode()
 
 
 def test_broken_files_give_one_precise_line_and_stay_unchanged(tmp_path):
