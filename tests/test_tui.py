@@ -219,7 +219,7 @@ async def test_preset_picker_sets_every_field(tiny_loaded, tmp_path):
     app = make_app(tiny_loaded, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         app.panel.query_one("#preset").value = "greedy"
-        await pilot.pause()
+        await until(pilot, lambda: app.conversation.params.greedy)
         params = app.conversation.params
         assert params.greedy and params.seed == 7
         assert app.panel.query_one("#do_sample", Switch).value is False
