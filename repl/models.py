@@ -59,7 +59,10 @@ class ModelInfo:
     @property
     def runs_on(self) -> str:
         """What runs it, short enough for a status bar: `llama.cpp Q4_1` (the weight format),
-        or the device and dtype of transformers, the reference (`cpu/float32`)."""
+        or the device and dtype of transformers, the reference (`cpu/float32`), or the server
+        a URL spec drives (`remote 127.0.0.1:8000`)."""
+        if self.backend == "remote":
+            return f"remote {self.device}"
         if self.backend == "transformers":
             return f"{self.device}/{self.dtype}"
         return f"{self.backend} {self.dtype}"

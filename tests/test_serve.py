@@ -35,20 +35,49 @@ def test_defaults_bind_to_loopback_port_8000_and_help_says_so(capsys):
 
 
 def test_app_command_is_textgen_forced_into_the_tui(tiny_model_dir, tmp_path, monkeypatch):
+    """An engine per tab: each app gets the model (absolute) and the engine's flags."""
     monkeypatch.chdir(tiny_model_dir.parent)
     args = parse("--model", tiny_model_dir.name, "--seed", "3", "-t", "0.5", "--stop", "END",
-                 "--chat", "--sessions-dir", str(tmp_path))
+                 "--chat", "--sessions-dir", str(tmp_path), "--device", "cpu",
+                 "--engine-per-tab")
     command = app_command(args)
     assert command[:4] == [sys.executable, "-m", "repl", "--tui"]
     # A relative model directory is passed on absolute, so the app finds it from anywhere.
     assert command[command.index("--model") + 1] == str(tiny_model_dir.resolve())
     for flag, value in (("--seed", "3"), ("--temperature", "0.5"), ("--stop", "END"),
-                        ("--sessions-dir", str(tmp_path.resolve()))):
+                        ("--sessions-dir", str(tmp_path.resolve())), ("--device", "cpu")):
         assert command[command.index(flag) + 1] == value
     assert "--chat" in command and "--top-k" not in command
     # What the app process receives parses back to the same choices.
     app_args = build_parser().parse_args(command[3:])
     assert app_args.tui and app_args.seed == 3 and app_args.stop == ["END"]
+
+
+def test_a_shared_engine_loads_the_model_and_the_apps_only_sample(tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """By default the engine (`textgen api` on a free loopback port) gets the model and the
+    engine flags; each app gets the sampling flags, and the engine's URL from the server."""
+    from repl.serve.cli import policy_from_args, shared_engine
+
+    monkeypatch.chdir(tiny_model_dir.parent)
+    args = parse("--model", tiny_model_dir.name, "--seed", "3", "--device", "cpu",
+                 "--threads", "2", "--sessions-dir", str(tmp_path), "--max-sessions", "30")
+    command = app_command(args)
+    assert "--model" not in command and "--device" not in command and "--threads" not in command
+    assert command[command.index("--seed") + 1] == "3"
+    engine = shared_engine(args, policy_from_args(args), args.max_sessions)
+    assert engine.argv[1:8] == ["-m", "repl", "api", "--host", "127.0.0.1", "--port", "0"]
+    for flag, value in (("--model", str(tiny_model_dir.resolve())), ("--device", "cpu"),
+                        ("--threads", "2"), ("--max-queue", "60")):
+        assert engine.argv[engine.argv.index(flag) + 1] == value
+    assert "--seed" not in engine.argv  # the apps send their sampling with every request
+    assert len(engine.key) >= 24 and not any(engine.key in a for a in engine.argv)
+    # Told not to share, allowed to load models of its own, or a server already: no engine.
+    for flags in (["--engine-per-tab"], ["--models-dir", str(tiny_model_dir.parent)],
+                  ["--model", "http://127.0.0.1:9/v1"]):
+        other = parse("--model", tiny_model_dir.name, *flags)
+        assert shared_engine(other, policy_from_args(other), 4) is None, flags
+        assert "--model" in app_command(other), flags
 
 
 def test_tui_flag_picks_the_tui_even_without_a_terminal(monkeypatch):
@@ -107,10 +136,13 @@ def test_an_open_host_gets_a_one_line_warning(capsys, monkeypatch, host, warned)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("per_tab", [False, True], ids=["shared-engine", "engine-per-tab"])
 def test_a_real_tab_opens_the_tui_and_its_process_ends_when_the_tab_closes(tiny_model_dir,
-                                                                           tmp_path):
+                                                                           tmp_path, per_tab):
     """`textgen serve` as a user runs it: the printed URL (with its token) opens the page, the
-    websocket runs the real TUI, and closing it ends the app's process within seconds."""
+    websocket runs the real TUI, and closing it ends the app's process within seconds. On the
+    shared engine the tab's app is a light client: no torch, the engine's key only in its
+    environment; with an engine per tab the app has loaded the model itself."""
     import asyncio
     import re
 
@@ -119,11 +151,12 @@ def test_a_real_tab_opens_the_tui_and_its_process_ends_when_the_tab_closes(tiny_
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "repl", "serve", "--port", str(port), "--model",
-         str(tiny_model_dir), "--sessions-dir", str(tmp_path / "sessions")],
+         str(tiny_model_dir), "--sessions-dir", str(tmp_path / "sessions"),
+         *(["--engine-per-tab"] if per_tab else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        banner = server.stdout.readline()  # printed once the server listens
+        banner = _banner(server)  # printed once the server (and its engine) is up
         url = re.search(r"(http://\S+/\?token=\S+)", banner)
         assert url, banner
         url = url.group(1)
@@ -136,13 +169,24 @@ def test_a_real_tab_opens_the_tui_and_its_process_ends_when_the_tab_closes(tiny_
             async with ClientSession() as client:
                 ws = await client.ws_connect(f"ws://127.0.0.1:{port}/ws?token={token}"
                                              "&width=100&height=30")
-                seen = b""
-                while b"tiny-gpt2" not in seen:  # the status bar, once the model has loaded
-                    message = await ws.receive(timeout=240)
+                seen = ""
+                # The status bar names the model and what runs it once the model is ready.
+                ready = "cpu/float32" if per_tab else "remote 127.0.0.1:"
+                while "tiny-gpt2" not in seen or ready not in seen:
+                    message = await ws.receive(timeout=600)
                     assert message.type.name == "BINARY", (message, seen[-500:])
-                    seen += message.data
-                apps = [p for p in _children(server.pid) if "--tui" in p.cmdline()]
-                assert len(apps) == 1
+                    seen += _plain(message.data)
+                apps, engines = _tabs_and_engines(server.pid)
+                assert len(apps) == 1 and len(engines) == (0 if per_tab else 1)
+                loaded = _maps_torch(apps[0].pid)
+                if per_tab:
+                    assert loaded, "the app of an engine-per-tab server runs its own model"
+                else:
+                    assert not loaded, "a tab on the shared engine imported torch"
+                    key = apps[0].environ()["OPENAI_API_KEY"]
+                    assert engines[0].environ()["TEXTGEN_API_KEY"] == key
+                    for process in (apps[0], engines[0]):  # never on a command line
+                        assert not any(key in part for part in process.cmdline())
                 await ws.close()
                 return apps[0].pid
 
@@ -151,11 +195,54 @@ def test_a_real_tab_opens_the_tui_and_its_process_ends_when_the_tab_closes(tiny_
         while not _gone(pid):
             assert time.monotonic() < deadline, f"tab app {pid} still runs"
             time.sleep(0.1)
+        engines = _tabs_and_engines(server.pid)[1]
+        assert len(engines) == (0 if per_tab else 1)  # the engine outlives a closed tab
     finally:
         server.terminate()
-        out, _ = server.communicate(timeout=60)
+        out, _ = server.communicate(timeout=120)
     assert server.returncode == 0, out  # SIGTERM is a clean exit
     assert "Traceback" not in out
+    for engine in engines:
+        assert _gone(engine.pid), "the engine outlived the server"
+
+
+def _tabs_and_engines(pid: int):
+    """The server's live children: its tabs' apps, and its shared engine."""
+    import psutil
+
+    apps, engines = [], []
+    for child in _children(pid):
+        try:
+            command = child.cmdline()
+        except psutil.Error:  # ended, or a zombie not yet reaped
+            continue
+        if "--tui" in command:
+            apps.append(child)
+        elif "api" in command:
+            engines.append(child)
+    return apps, engines
+
+
+def _banner(server: subprocess.Popen) -> str:
+    """The line with the URL: waited for as long as the model takes to load (the server says
+    what it is doing before), or the server's output if it exits first."""
+    lines = []
+    while line := server.stdout.readline():
+        lines.append(line)
+        if "token=" in line:
+            return line
+    raise AssertionError("textgen serve exited before printing its URL: " + "".join(lines))
+
+
+def _plain(data: bytes) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", data.decode("utf-8", "replace"))
+
+
+def _maps_torch(pid: int) -> bool:
+    """Whether the process has torch's library mapped (it imported torch)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def _children(pid: int):
@@ -199,7 +286,8 @@ def send(payload):
 out.write(b"__GANGLION__\n")
 send(json.dumps({"pid": os.getpid(), "child": child.pid, "argv": sys.argv,
                  "columns": os.environ["COLUMNS"],
-                 "rows": os.environ["ROWS"], "served": os.environ.get("TEXTGEN_SERVED")}).encode())
+                 "rows": os.environ["ROWS"], "served": os.environ.get("TEXTGEN_SERVED"),
+                 "key": os.environ.get("OPENAI_API_KEY")}).encode())
 while len(head := inp.read(5)) == 5:
     payload = inp.read(int.from_bytes(head[1:], "big"))
     if head[:1] == b"M" and json.loads(payload)["type"] == "quit" and not stubborn:
@@ -207,17 +295,36 @@ while len(head := inp.read(5)) == 5:
     send(head[:1] + payload)  # echoes what the server passed on: b"M{...}" or b"Dkeys"
 '''
 TOKEN = "test-token-123"
+# A `textgen api` stand-in: writes the key it was given to argv[1], says it is ready, waits.
+FAKE_ENGINE = r'''
+import os, sys, time
+open(sys.argv[1], "w").write(os.environ["TEXTGEN_API_KEY"])
+print("textgen api: serving fake model at http://127.0.0.1:9/v1 (fake, API key required)",
+      flush=True)
+time.sleep(600)
+'''
 
 
 def fake_server(tmp_path, *, stubborn: bool = False, max_sessions: int = 4,
-                token: str | None = TOKEN, tab_sessions: Path | None = None):
+                token: str | None = TOKEN, tab_sessions: Path | None = None, engine=None):
     from repl.serve.server import TextgenServer
 
     script = tmp_path / "fake_app.py"
     script.write_text(FAKE_APP)
     argv = [sys.executable, str(script), *(["--stubborn"] if stubborn else [])]
     return TextgenServer(argv, host="127.0.0.1", port=0, token=token, max_sessions=max_sessions,
-                         env={"TEXTGEN_SERVED": '{"model": "m"}'}, tab_sessions=tab_sessions)
+                         env={"TEXTGEN_SERVED": '{"model": "m"}'}, tab_sessions=tab_sessions,
+                         engine=engine)
+
+
+def fake_engine(tmp_path):
+    from repl.serve.engine import SharedEngine
+    from repl.serve.policy import ServedPolicy
+
+    script = tmp_path / "fake_engine.py"
+    script.write_text(FAKE_ENGINE)
+    return SharedEngine([sys.executable, str(script), str(tmp_path / "engine-key")],
+                        ServedPolicy(model="/models/m"))
 
 
 def serving(server, check):
@@ -387,6 +494,59 @@ def test_the_session_cap_turns_the_next_tab_away_clearly(tmp_path):
     serving(fake_server(tmp_path, max_sessions=2), check)
 
 
+def test_tabs_get_the_shared_engines_url_and_its_key_only_by_environment(tmp_path):
+    import json
+
+    engine = fake_engine(tmp_path)
+
+    async def check(base, client):
+        hellos = []
+        for _ in range(2):
+            ws = await client.ws_connect(f"{base}/ws?token={TOKEN}")
+            hellos.append(await first_packet(ws))
+            await ws.close()
+        return hellos, engine.process.pid
+
+    hellos, engine_pid = serving(fake_server(tmp_path, engine=engine), check)
+    key = (tmp_path / "engine-key").read_text()
+    assert len(key) >= 24 and key == engine.key
+    for hello in hellos:
+        argv = hello["argv"]
+        assert argv[argv.index("--model") + 1] == "http://127.0.0.1:9/v1#fake model"
+        assert hello["key"] == key and not any(key in part for part in argv)
+        assert json.loads(hello["served"]) == {
+            "model": "http://127.0.0.1:9/v1#fake model", "models_dir": None,
+            "allow_training": False, "shared_engine": True}
+    assert _gone(engine_pid)  # the engine stops with the server
+
+
+def test_a_stopped_engine_is_said_on_the_page(tmp_path):
+    import asyncio
+    import signal
+
+    engine = fake_engine(tmp_path)
+
+    async def check(base, client):
+        async with client.get(f"{base}/?token={TOKEN}") as page:
+            assert page.status == 200
+        engine.process.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(engine.process.wait(), 60)
+        async with client.get(f"{base}/?token={TOKEN}") as page:
+            assert page.status == 503 and "engine of this textgen server has stopped" in \
+                await page.text()
+
+    serving(fake_server(tmp_path, engine=engine), check)
+
+
+def test_an_engine_that_cannot_load_the_model_is_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 12)
+    assert main(["serve", "--port", str(free_port()), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("textgen: error:")]
+    assert len(errors) == 1 and "broken.gguf" in errors[0] and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_each_tab_saves_in_a_folder_of_its_own_unless_sessions_are_shared(tmp_path, shared):
     root = tmp_path / "sessions" / "served"
@@ -421,7 +581,9 @@ def test_serve_hands_the_tab_its_policy_and_the_session_layout(tiny_model_dir, t
     server = _make_server(app_command(args), args, "t" * 10, policy_from_args(args), "")
     policy = json.loads(server.env["TEXTGEN_SERVED"])
     assert policy == {"model": str(tiny_model_dir.resolve()), "allow_training": False,
-                      "models_dir": str(tiny_model_dir.parent.resolve())}
+                      "models_dir": str(tiny_model_dir.parent.resolve()),
+                      "shared_engine": False}
+    assert server.engine is None  # --models-dir: each tab loads its own models
     assert server.tab_sessions == tmp_path.resolve() / "served"
     shared = parse("--sessions-dir", str(tmp_path), "--shared-sessions")
     assert _make_server(app_command(shared), shared, None, policy_from_args(shared),

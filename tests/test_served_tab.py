@@ -112,6 +112,30 @@ async def test_compare_in_a_served_tab_refuses_models_outside_the_allowlist(
         assert not screen.running and app.conversation.session.turns == []
 
 
+@pytest.mark.anyio
+async def test_a_tab_on_the_shared_engine_says_it_cannot_switch(tiny_loaded, tmp_path,
+                                                                 monkeypatch, models_dir):
+    """With one engine for all tabs the switch refuses every other model, even one that would
+    be allowed with an engine per tab, and says how the owner can allow it."""
+    url = "http://127.0.0.1:9/v1#tiny-gpt2"
+    monkeypatch.setenv(ENV_VAR, ServedPolicy(model=url, shared_engine=True).to_env())
+    app = make_app(tiny_loaded, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        for spec in (str(models_dir / "copy"), tiny_loaded.info.spec, "default", "/etc"):
+            await switch_to(pilot, app, spec)
+            assert isinstance(app.screen, ModelScreen), spec
+            message = errors(app)
+            assert "share one engine, which runs tiny-gpt2" in message, spec
+            assert "--engine-per-tab --models-dir" in message and "no such" not in message
+            app._notifications.clear()
+            await pilot.press("escape")
+            await pilot.pause()
+        assert not app.loading
+    # The engine's own URL is the one model a tab may (re)open.
+    assert ServedPolicy.from_env({ENV_VAR: ServedPolicy(model=url, shared_engine=True)
+                                  .to_env()}).model_refusal(url) is None
+
+
 def test_unserved_apps_are_not_restricted(monkeypatch):
     from repl.tui import served
 

@@ -1,9 +1,12 @@
 """`textgen serve`: the same TUI in a web browser, through textual-serve.
 
-Each browser tab gets its own `textgen --tui ...` process (its own model, session and history);
-textual-serve relays the terminal between that process and xterm.js in the page. The server
-binds to loopback unless told otherwise, needs the token it prints (as Jupyter does), and runs
-at most --max-sessions tabs; a tab's app is restricted (repl/serve/policy.py).
+Each browser tab gets its own `textgen --tui ...` process (its own session and history);
+textual-serve relays the terminal between that process and xterm.js in the page. By default the
+tabs share one engine, a `textgen api` child on a loopback port (repl/serve/engine.py), and each
+tab's app is a light client of it; `--engine-per-tab` (implied by --models-dir) gives every tab
+its own model instead. The server binds to loopback unless told otherwise, needs the token it
+prints (as Jupyter does), and runs at most --max-sessions tabs; a tab's app is restricted
+(repl/serve/policy.py).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from repl.serve.policy import ENV_VAR, ServedPolicy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_MAX_SESSIONS = 4  # each tab loads its own model: ~0.5-2 GB apiece
+DEFAULT_MAX_SESSIONS = 4  # a shared engine generates for one tab at a time
 TOKEN_ENV = "TEXTGEN_SERVE_TOKEN"
-# Flags handed on to each app process unchanged, when the user gave them.
-_VALUE_FLAGS = ("device", "dtype", "backend", "threads", "preset", "max_new_tokens",
-                "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                "no_repeat_ngram_size", "seed")
+# Flags handed on unchanged, when the user gave them: the engine's to whoever loads the model
+# (the shared engine, or each tab's app), the sampling ones to each tab's app (which sends them
+# with every request, so the engine needs no defaults of its own).
+_ENGINE_FLAGS = ("device", "dtype", "backend", "threads")
+_SAMPLING_FLAGS = ("preset", "max_new_tokens", "temperature", "top_k", "top_p", "min_p",
+                   "repetition_penalty", "no_repeat_ngram_size", "seed")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,9 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="serve the TUI to web browsers (loopback only unless --host says otherwise)",
         description="Serve the textgen TUI to web browsers through textual-serve: open the "
                     "printed URL (it carries the server's token), and every tab gets its own "
-                    "app with its own session. It binds to 127.0.0.1 (this machine only) unless "
-                    "--host says otherwise. A tab cannot train, loads only the served model "
-                    "(and those under --models-dir), and sees only the sessions it created.",
+                    "app with its own session; the tabs share one engine (one copy of the "
+                    "model) unless --engine-per-tab. It binds to 127.0.0.1 (this machine "
+                    "only) unless --host says otherwise. A tab cannot train, loads only the "
+                    "served model (and those under --models-dir), and sees only the sessions "
+                    "it created.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default: %(default)s, reachable only from "
@@ -52,9 +59,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "random one, printed in the URL); '' turns it off, on a loopback "
                              "--host only")
     parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, metavar="N",
-                        help="tabs open at once (default: %(default)s; each loads its own model)")
+                        help="tabs open at once (default: %(default)s)")
+    parser.add_argument("--engine-per-tab", action="store_true",
+                        help="every tab's app loads its own copy of the model (about 1 GB a tab "
+                             "for the default model, against tens of MB on the shared engine), "
+                             "and may switch models (see --models-dir)")
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
-                        help="tabs may also load (switch to, compare) models under DIR")
+                        help="tabs may also load (switch to, compare) models under DIR; implies "
+                             "--engine-per-tab, since the shared engine runs one model")
     parser.add_argument("--allow-training", action="store_true",
                         help="let tabs run the trainer (F5), which writes files on this machine")
     parser.add_argument("--shared-sessions", action="store_true",
@@ -69,19 +81,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def shares_engine(args: argparse.Namespace) -> bool:
+    """Whether the tabs share one engine: unless asked not to, or allowed to load models of
+    their own, or the model is a server already."""
+    from repl.engine.remote import is_url_spec
+
+    return not (args.engine_per_tab or args.models_dir is not None or is_url_spec(args.model))
+
+
 def app_command(args: argparse.Namespace) -> list[str]:
-    """The command line of one app process: textgen itself, forced into the TUI."""
-    command = [sys.executable, "-m", "repl", "--tui", "--model", served_model(args.model)]
-    for name in _VALUE_FLAGS:
-        value = getattr(args, name, None)
-        if value is not None:
-            command += [f"--{name.replace('_', '-')}", str(value)]
+    """The command line of one app process: textgen itself, forced into the TUI. With a shared
+    engine the server adds the engine's URL as its --model once the engine runs."""
+    command = [sys.executable, "-m", "repl", "--tui"]
+    if not shares_engine(args):
+        command += ["--model", served_model(args.model), *_flags(args, _ENGINE_FLAGS)]
+    command += _flags(args, _SAMPLING_FLAGS)
     for text in getattr(args, "stop", None) or ():
         command += ["--stop", text]
     if args.chat:
         command.append("--chat")
     command += ["--sessions-dir", str(sessions_root(args))]
     return command
+
+
+def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    flags: list[str] = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def shared_engine(args: argparse.Namespace, policy: ServedPolicy, max_sessions: int):
+    """The `textgen api` child the tabs share (started with the server), or None."""
+    if not shares_engine(args):
+        return None
+    from repl.api.cli import DEFAULT_MAX_QUEUE
+    from repl.serve.engine import SharedEngine, engine_command
+
+    # Each tab waits for at most one generation at a time (two while it compares).
+    argv = engine_command(served_model(args.model), _flags(args, _ENGINE_FLAGS),
+                          max_queue=max(DEFAULT_MAX_QUEUE, 2 * max_sessions))
+    return SharedEngine(argv, policy)
 
 
 def sessions_root(args: argparse.Namespace) -> Path:
@@ -160,9 +202,15 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         print(f"textgen: warning: listening on {args.host}: anyone who can reach it and has "
               "the token can use the model.", file=sys.stderr)
+    engines = "one shared engine" if shares_engine(args) else "an engine per tab"
     banner = (f"textgen: serving the TUI with model {args.model} on {url} (at most "
-              f"{args.max_sessions} tabs, one app each); Ctrl+C stops.")
-    _make_server(argv, args, token, policy, banner).serve()
+              f"{args.max_sessions} tabs, one app each, {engines}); Ctrl+C stops.")
+    server = _make_server(argv, args, token, policy, banner)
+    try:
+        server.serve()
+    finally:
+        if server.engine is not None:  # however the server ended, the engine goes with it
+            server.engine.kill()
     return 0
 
 
@@ -172,9 +220,15 @@ def _make_server(argv: list[str], args: argparse.Namespace, token: str | None,
     from repl.serve.server import TextgenServer
 
     tab_sessions = None if args.shared_sessions else sessions_root(args) / "served"
+    env = {ENV_VAR: policy.to_env()}
+    if getattr(args, "remote_api_key", None):  # a URL model's key, by env: `ps` shows argv
+        from repl.engine.remote import KEY_ENV
+
+        env[KEY_ENV] = args.remote_api_key
     return TextgenServer(argv, host=args.host, port=args.port, token=token,
-                         max_sessions=args.max_sessions, env={ENV_VAR: policy.to_env()},
-                         public_url=args.public_url, banner=banner, tab_sessions=tab_sessions)
+                         max_sessions=args.max_sessions, env=env,
+                         public_url=args.public_url, banner=banner, tab_sessions=tab_sessions,
+                         engine=shared_engine(args, policy, args.max_sessions))
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -22,6 +22,9 @@ class ServedPolicy:
     model: str  # the spec the server was started with (a local path is absolute)
     models_dir: str | None = None  # absolute; None: the served model only
     allow_training: bool = False
+    # The tabs share the server's one engine (repl/serve/engine.py): `model` is its URL, and a
+    # tab cannot load another model (the engine serves one).
+    shared_engine: bool = False
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -35,7 +38,8 @@ class ServedPolicy:
         try:
             data = json.loads(raw)
             return cls(model=str(data["model"]), models_dir=data.get("models_dir") or None,
-                       allow_training=data.get("allow_training") is True)
+                       allow_training=data.get("allow_training") is True,
+                       shared_engine=data.get("shared_engine") is True)
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls(model="default")
 
@@ -53,6 +57,11 @@ class ServedPolicy:
         spec = spec.strip()
         if spec == self.model or (spec and _real(spec) == _real(self.model)):
             return None
+        if self.shared_engine:
+            name = self.model.partition("#")[2] or self.model
+            return (f"{spec or '(empty)'}: the tabs of this server share one engine, which runs "
+                    f"{name}, so a tab cannot load another model. The server's owner can give "
+                    "each tab its own: textgen serve --engine-per-tab --models-dir DIR.")
         where = (f"models under {self.models_dir}" if self.models_dir else
                  "no other model (the server's owner can allow a folder with --models-dir)")
         refusal = f"{spec or '(empty)'}: a browser tab may load only {self.model} and {where}."

@@ -21,6 +21,7 @@ import html
 import json
 import logging
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import jinja2
 from aiohttp import WSMsgType, web
 from textual_serve.server import Server
 
+from repl.serve.engine import SharedEngine
 from repl.serve.tab import TabProcess
 
 log = logging.getLogger("textgen.serve")
@@ -44,7 +46,8 @@ class TextgenServer(Server):
 
     def __init__(self, argv: list[str], *, host: str, port: int, token: str | None,
                  max_sessions: int, env: dict[str, str], public_url: str | None = None,
-                 banner: str = "", tab_sessions: Path | None = None) -> None:
+                 banner: str = "", tab_sessions: Path | None = None,
+                 engine: SharedEngine | None = None) -> None:
         import shlex
 
         super().__init__(shlex.join(argv), host=host, port=port, title="textgen",
@@ -60,13 +63,24 @@ class TextgenServer(Server):
         # Each tab saves in a folder of its own under here, so its session picker (F6) shows
         # only what it created; None: all tabs share the app command's --sessions-dir.
         self.tab_sessions = tab_sessions
+        # The one engine every tab's app uses (started with the server), or None: each tab's
+        # app loads its own model (--engine-per-tab, or a URL model that is remote anyway).
+        self.engine = engine
 
     def initialize_logging(self) -> None:
         """Warnings only, plainly: textual-serve's rich handler prints locals with tracebacks."""
         logging.basicConfig(level=logging.WARNING, format="textgen serve: %(message)s")
 
     async def on_startup(self, app: web.Application) -> None:
+        if self.engine is not None:
+            print("textgen: loading the model for the shared engine...", file=sys.stderr,
+                  flush=True)
+            await self.engine.start()
         print(self.banner, flush=True)
+
+    async def _stop_engine(self, app: web.Application) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
 
     async def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
@@ -79,6 +93,7 @@ class TextgenServer(Server):
         ])
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self._stop_tabs)
+        app.on_cleanup.append(self._stop_engine)  # after the tabs, which use it
         return app
 
     # --- who may connect ----------------------------------------------------------------------
@@ -125,6 +140,9 @@ class TextgenServer(Server):
     async def handle_index(self, request: web.Request) -> web.StreamResponse:
         if len(self.tabs) >= self.max_sessions:
             return _page(503, "All sessions in use", self._full_message())
+        if self.engine is not None and not self.engine.running:
+            return _page(503, "The engine stopped", "The model engine of this textgen server "
+                         "has stopped; its owner must restart `textgen serve`.")
         base = self._base_url(request)
         scheme, rest = base.split(":", 1)
         context = {
@@ -148,7 +166,7 @@ class TextgenServer(Server):
             await websocket.send_bytes(f"\r\ntextgen: {self._full_message()}\r\n".encode())
             await websocket.close(code=1013, message=b"all sessions in use")
             return websocket
-        tab = TabProcess(self._tab_argv(), self.env, write_bytes=websocket.send_bytes,
+        tab = TabProcess(self._tab_argv(), self._tab_env(), write_bytes=websocket.send_bytes,
                          write_str=websocket.send_str, close=websocket.close,
                          download_manager=self.download_manager)
         self.tabs.add(tab)  # before any await: the cap holds however many connect at once
@@ -168,10 +186,16 @@ class TextgenServer(Server):
         return websocket
 
     def _tab_argv(self) -> list[str]:
-        if self.tab_sessions is None:
-            return self.argv
-        name = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        return [*self.argv, "--sessions-dir", str(self.tab_sessions / name)]  # the last wins
+        argv = list(self.argv)
+        if self.engine is not None:
+            argv += ["--model", self.engine.spec or ""]  # the last --model wins
+        if self.tab_sessions is not None:
+            name = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+            argv += ["--sessions-dir", str(self.tab_sessions / name)]  # the last wins
+        return argv
+
+    def _tab_env(self) -> dict[str, str]:
+        return {**self.env, **(self.engine.tab_env() if self.engine is not None else {})}
 
     async def _relay(self, websocket: web.WebSocketResponse, tab: TabProcess) -> None:
         """Browser -> app, until the websocket closes. Malformed messages are dropped."""

@@ -63,7 +63,7 @@ class TabProcess(AppService):
             *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=environment,
             start_new_session=True,  # its own group: the signals reach its children too
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent,
         )
         assert process.stdin is not None
         self._stdin = process.stdin
@@ -184,8 +184,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the server dies (even by SIGKILL)."""
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the server dies (even by SIGKILL); Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
     import ctypes
 
     pr_set_pdeathsig = 1
