@@ -1,12 +1,14 @@
 """Memory per served tab: `textgen serve` on a model, N tabs opened over websockets (as a browser
-does), and each tab's process tree measured with psutil once its model has loaded and run
-its warm-up generation (the status bar then names its device).
+does), each tab used once (a prompt submitted and its completion awaited), then every process
+measured with psutil: each tab's app and its children, the shared engine (`textgen api`, when
+the tabs share one), and the server itself.
 
-    .venv/bin/python benchmarks/serve_memory.py [--tabs 3] [--model default] [-- serve flags]
+    .venv/bin/python benchmarks/serve_memory.py [--tabs 1 4] [--modes shared per-tab]
+        [--model default] [-- more serve flags]
 
-Per tab: RSS (resident, counting shared pages in full) and PSS (shared pages split between the
-processes sharing them: what one more tab really costs) of the tab's app and its children; and
-the server's own RSS. Prints one JSON line.
+RSS counts shared pages in full; PSS splits them between the processes that share them, so the
+sum of PSS is what the machine really spends, and the growth from 1 to N tabs over N-1 is what
+one more tab costs. Prints a Markdown table, then one JSON line per run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import time
 import psutil
 
 MB = 1 << 20
+# What the status bar says once a tab's model is ready (what runs it), and after a generation.
+READY = re.compile(r"cpu/|cuda|llama\.cpp [A-Z]|remote \d")
+FINISHED = re.compile(r"last: (eos|length|stop)")
+ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
 def free_port() -> int:
@@ -32,12 +38,13 @@ def free_port() -> int:
 
 
 def tree_memory(pid: int) -> dict[str, float]:
-    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    root = psutil.Process(pid)
     rss = pss = 0
+    processes = [root, *root.children(recursive=True)]
     for process in processes:
         try:
             full = process.memory_full_info()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             continue
         rss += full.rss
         pss += getattr(full, "pss", full.rss)
@@ -45,62 +52,137 @@ def tree_memory(pid: int) -> dict[str, float]:
             "processes": len(processes)}
 
 
-async def open_tab(client, url: str, limit_s: float):
-    """A tab: its websocket, once the app shows the loaded model's device in its status bar."""
-    ws = await client.ws_connect(url)
-    seen = ""
-    deadline = time.monotonic() + limit_s
-    while "cpu/" not in seen and "cuda/" not in seen:
-        message = await ws.receive(timeout=max(1.0, deadline - time.monotonic()))
-        if message.type.name != "BINARY":
-            raise SystemExit(f"the tab closed before its model loaded: {message}")
-        seen += re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", message.data.decode("utf-8", "replace"))
-    return ws
+class Tab:
+    """One tab's websocket, read all the time (as a browser does: a websocket left unread
+    misses the server's heartbeats and is closed), its screen text kept for waiting on."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.seen = ""
+        self.changed = asyncio.Event()
+        self.closed: str | None = None
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if message.type.name == "BINARY":
+                self.seen += ESCAPES.sub("", message.data.decode("utf-8", "replace"))
+                self.seen = self.seen[-20000:]
+                self.changed.set()
+        self.closed = f"closed: {self.ws.close_code}"
+        self.changed.set()
+
+    async def until(self, pattern: re.Pattern[str], limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while not pattern.search(self.seen[-4000:]):
+            if self.closed:
+                raise SystemExit(f"the tab closed waiting for {pattern.pattern!r}: "
+                                 f"{self.closed}")
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), max(1.0, deadline - time.monotonic()))
 
 
-async def main_async(args: argparse.Namespace) -> dict:
+async def open_tab(client, url: str, limit_s: float) -> Tab:
+    """A tab, once its model is ready and it has generated once (as a person would use it)."""
+    tab = Tab(await client.ws_connect(url))
+    await tab.until(READY, limit_s)
+    await tab.ws.send_json(["stdin", "The river"])
+    await tab.ws.send_json(["stdin", "\r"])
+    await tab.until(FINISHED, limit_s)
+    return tab
+
+
+def _children(server: subprocess.Popen) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    apps, engines = [], []
+    for child in psutil.Process(server.pid).children():
+        command = child.cmdline()
+        if "--tui" in command:
+            apps.append(child)
+        elif "api" in command:
+            engines.append(child)
+    return apps, engines
+
+
+async def measure(model: str, tabs: int, per_tab: bool, flags: list[str],
+                  limit_s: float) -> dict:
     from aiohttp import ClientSession
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "repl", "serve", "--port", str(port), "--model", args.model,
-         "--max-sessions", str(args.tabs), *args.serve_flags],
+        [sys.executable, "-m", "repl", "serve", "--port", str(port), "--model", model,
+         "--max-sessions", str(tabs), "--max-new-tokens", "16",
+         *(["--engine-per-tab"] if per_tab else []), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        banner = server.stdout.readline()
-        token = re.search(r"token=(\S+)", banner)
-        if token is None:
-            raise SystemExit(f"no URL from textgen serve: {banner}{server.stdout.read()}")
-        url = f"ws://127.0.0.1:{port}/ws?token={token.group(1)}&width=120&height=40"
-        result = {"model": args.model, "tabs": []}
+        lines = []
+        while "token=" not in (line := server.stdout.readline()):
+            if not line:
+                raise SystemExit("textgen serve exited: " + "".join(lines))
+            lines.append(line)
+        token = re.search(r"token=(\S+)", line).group(1)
+        url = f"ws://127.0.0.1:{port}/ws?token={token}&width=120&height=40"
         async with ClientSession() as client:
-            tabs = []
-            for _ in range(args.tabs):
-                tabs.append(await open_tab(client, url, args.limit_s))
-                await asyncio.sleep(args.settle_s)
-                apps = [p for p in psutil.Process(server.pid).children()
-                        if "--tui" in p.cmdline()]
-                newest = max(apps, key=lambda p: p.create_time())
-                result["tabs"].append(tree_memory(newest.pid))
-            result["server_rss_mb"] = round(psutil.Process(server.pid).memory_info().rss / MB, 1)
-            result["all_tabs_pss_mb"] = round(sum(t["pss_mb"] for t in result["tabs"]), 1)
-            for ws in tabs:
-                await ws.close()
+            opened = [await open_tab(client, url, limit_s) for _ in range(tabs)]
+            apps, engines = _children(server)
+            assert len(apps) == tabs, f"{len(apps)} tab apps for {tabs} tabs"
+            result = {
+                "model": model, "mode": "engine per tab" if per_tab else "shared engine",
+                "tabs": [tree_memory(app.pid) for app in apps],
+                "engine": tree_memory(engines[0].pid) if engines else None,
+                "server_rss_mb": round(psutil.Process(server.pid).memory_info().rss / MB, 1),
+            }
+            for tab in opened:
+                await tab.ws.close()
+        result["all_pss_mb"] = round(
+            sum(t["pss_mb"] for t in result["tabs"])
+            + (result["engine"]["pss_mb"] if result["engine"] else 0)
+            + psutil.Process(server.pid).memory_full_info().pss / MB, 1)
         return result
     finally:
         server.terminate()
         server.wait(timeout=120)
 
 
+def table(results: list[dict]) -> str:
+    rows = ["| mode | tabs | PSS per tab (MB) | RSS per tab (MB) | engine PSS (MB) | "
+            "all processes PSS (MB) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        n = len(r["tabs"])
+        pss = sum(t["pss_mb"] for t in r["tabs"]) / n
+        rss = sum(t["rss_mb"] for t in r["tabs"]) / n
+        engine = f"{r['engine']['pss_mb']:.0f}" if r["engine"] else "-"
+        rows.append(f"| {r['mode']} | {n} | {pss:.0f} | {rss:.0f} | {engine} | "
+                    f"{r['all_pss_mb']:.0f} |")
+    by_mode: dict[str, list[dict]] = {}
+    for r in results:
+        by_mode.setdefault(r["mode"], []).append(r)
+    for mode, runs in by_mode.items():
+        runs.sort(key=lambda r: len(r["tabs"]))
+        if len(runs) > 1 and len(runs[-1]["tabs"]) > len(runs[0]["tabs"]):
+            extra = (runs[-1]["all_pss_mb"] - runs[0]["all_pss_mb"]) / (
+                len(runs[-1]["tabs"]) - len(runs[0]["tabs"]))
+            rows.append(f"\n{mode}: one more tab costs {extra:.0f} MB (growth of all PSS)")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tabs", type=int, default=3)
+    parser.add_argument("--tabs", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--modes", nargs="+", choices=["shared", "per-tab"],
+                        default=["per-tab", "shared"])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--settle-s", type=float, default=5.0,
-                        help="after a tab is ready, before measuring (its warm-up finishes)")
-    parser.add_argument("--limit-s", type=float, default=900.0)
+    parser.add_argument("--limit-s", type=float, default=900.0,
+                        help="for one tab to load and answer (a loaded machine is slow)")
     parser.add_argument("serve_flags", nargs="*", help="more `textgen serve` flags, after --")
-    print(json.dumps(asyncio.run(main_async(parser.parse_args()))))
+    args = parser.parse_args()
+    results = []
+    for mode in args.modes:
+        for tabs in args.tabs:
+            results.append(asyncio.run(measure(args.model, tabs, mode == "per-tab",
+                                               args.serve_flags, args.limit_s)))
+    print(table(results))
+    for result in results:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -290,7 +290,7 @@ def gated(tmp_path):
         yield backend, url, app.state.served.runner
 
 
-def wait_for(condition, what: str, limit: float = 60.0) -> None:
+def wait_for(condition, what: str, limit: float = 600.0) -> None:
     deadline = time.monotonic() + limit
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

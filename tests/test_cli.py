@@ -64,7 +64,7 @@ def test_bad_input_is_one_clear_line(capsys, tiny_model_dir, argv, message):
 def test_no_traceback_from_a_real_process():
     result = subprocess.run(
         [sys.executable, "-m", "repl", "generate", "x", "--temperature", "-1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=600,  # only a guard against a hang
     )
     assert result.returncode == 2
     expected = "textgen: error: temperature must be 0 or more (0 means greedy)."

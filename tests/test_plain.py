@@ -16,6 +16,7 @@ import pytest
 
 from repl.cli import build_parser, main
 from repl.session import load_session
+from tests import waiting
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +34,7 @@ def test_a_pipe_of_prompts_and_commands(tiny_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "repl", "--plain", "--model", str(tiny_model_dir),
          "--sessions-dir", str(tmp_path), "-n", "6", "--seed", "3"],
-        input=script, capture_output=True, text=True, cwd=ROOT, timeout=120,
+        input=script, capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("loading model...\n")
@@ -123,18 +124,15 @@ class Reader:
         while chunk := stream.read1(4096):
             self.data += chunk
 
-    def wait_for(self, condition, timeout: float = 60) -> None:
+    def wait_for(self, condition, timeout: float = waiting.LIMIT_S) -> None:
         deadline = time.monotonic() + timeout
         while not condition(self.data):
-            assert time.monotonic() < deadline, self.data[-500:]
+            assert time.monotonic() < deadline, waiting.timed_out(
+                f"{waiting.describe(condition)}; the output ends {self.data[-500:]!r}", timeout)
             time.sleep(0.005)
 
 
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+wait_until = waiting.wait_until
 
 
 def saved_turns(folder: Path) -> int:

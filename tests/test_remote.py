@@ -140,7 +140,7 @@ async def test_the_tui_streams_from_a_url_and_inspects_its_tokens(server, tmp_pa
     app = TextgenApp(server.url, sessions_dir=tmp_path, api_key=KEY,
                      params=SamplingParams(seed=7, max_new_tokens=8))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.conversation.generator is not None, timeout=120)
+        await until(pilot, lambda: app.conversation.generator is not None)
         await pilot.press("f2")
         await submit(pilot, app, "Once upon a time")
         completion = app.conversation.session.turns[0].completion
@@ -232,7 +232,7 @@ async def test_f3_says_when_the_server_returns_no_probabilities(no_probs_url, tm
     assert Notice(NO_PROBS) in items and "some text" in items
     app = TextgenApp(no_probs_url, sessions_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.conversation.generator is not None, timeout=120)
+        await until(pilot, lambda: app.conversation.generator is not None)
         await pilot.press("f2")
         await submit(pilot, app, "Hello")
         await pilot.press("f3")

@@ -14,6 +14,7 @@ import pytest
 
 from repl.cli import build_parser, main, run_interactive
 from repl.serve import app_command, is_loopback
+from tests import waiting
 
 
 def parse(*argv: str):
@@ -123,10 +124,10 @@ def test_a_taken_port_says_so(capsys):
 
 @pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
 def test_an_open_host_gets_a_one_line_warning(capsys, monkeypatch, host, warned):
-    from textual_serve.server import Server
+    from repl.serve.server import TextgenServer
 
     served = []
-    monkeypatch.setattr(Server, "serve", lambda self: served.append(self))
+    monkeypatch.setattr(TextgenServer, "serve", lambda self: served.append(self))
     assert main(["serve", "--host", host, "--port", str(free_port())]) == 0
     err = capsys.readouterr().err
     assert served and served[0].command.startswith(sys.executable)
@@ -183,6 +184,8 @@ def test_a_real_tab_opens_the_tui_and_its_process_ends_when_the_tab_closes(tiny_
                     assert loaded, "the app of an engine-per-tab server runs its own model"
                 else:
                     assert not loaded, "a tab on the shared engine imported torch"
+                    tab_mb = apps[0].memory_full_info().pss / 2**20
+                    assert tab_mb < 200, f"a tab on the shared engine takes {tab_mb:.0f} MB"
                     key = apps[0].environ()["OPENAI_API_KEY"]
                     assert engines[0].environ()["TEXTGEN_API_KEY"] == key
                     for process in (apps[0], engines[0]):  # never on a command line
@@ -340,18 +343,18 @@ def serving(server, check):
                 ClientSession(cookie_jar=CookieJar(unsafe=True)) as client:
             return await check(str(test_server.make_url("")).rstrip("/"), client)
 
-    return asyncio.run(asyncio.wait_for(main(), 120))
+    return asyncio.run(main())  # each wait inside has its own limit
 
 
 async def first_packet(ws) -> dict:
     import json
 
-    message = await ws.receive(timeout=60)
+    message = await ws.receive(timeout=waiting.LIMIT_S)  # the fake app's start
     return json.loads(message.data)
 
 
 async def next_echo(ws) -> bytes:
-    return (await ws.receive(timeout=60)).data
+    return (await ws.receive(timeout=waiting.LIMIT_S)).data
 
 
 async def wait_gone(pids, limit_s: float = 60) -> float:
@@ -424,6 +427,28 @@ def test_the_page_sends_the_browser_back_to_the_host_it_asked_for(tmp_path):
         assert "localhost" not in text and "127.0.0.1" not in text
 
     serving(fake_server(tmp_path), check)
+
+
+def test_a_public_url_behind_a_proxy_fixes_the_pages_addresses_and_origin(tmp_path):
+    from aiohttp import WSServerHandshakeError
+
+    server = fake_server(tmp_path)
+    server.fixed_url = "https://textgen.example"  # `--public-url https://textgen.example`
+
+    async def check(base, client):
+        async with client.get(f"{base}/?token={TOKEN}", headers={"Host": "internal:8000"}) as page:
+            text = await page.text()
+        assert 'data-session-websocket-url="wss://textgen.example/ws"' in text
+        assert "internal" not in text
+        ws = await client.ws_connect(f"{base}/ws?token={TOKEN}",
+                                     headers={"Origin": "https://textgen.example"})
+        assert "pid" in await first_packet(ws)
+        await ws.close()
+        with pytest.raises(WSServerHandshakeError):
+            await client.ws_connect(f"{base}/ws?token={TOKEN}",
+                                    headers={"Origin": "https://evil.example"})
+
+    serving(server, check)
 
 
 def test_terminal_sizes_are_clamped(tmp_path):

@@ -111,8 +111,9 @@ def _expected_words(default_loaded) -> tuple[list[str], str]:
 def test_prompt_in_chromium_streams_the_continuation(default_loaded, tmp_path):
     port = _free_port()
     server = subprocess.Popen(
-        # On transformers and the CPU like `default_loaded`, so the greedy text is the one
-        # computed below (llama.cpp's Q4_1 kernels may break a near-tie another way).
+        # The shared engine on transformers and the CPU like `default_loaded`, so the greedy
+        # text is the one computed below (llama.cpp's Q4_1 kernels may break a near-tie
+        # another way).
         [sys.executable, "-m", "repl", "serve", "--port", str(port), "--model", "default",
          "--device", "cpu", "--backend", "transformers", "--preset", "greedy",
          "--max-new-tokens", str(NEW_TOKENS),
@@ -128,8 +129,8 @@ def test_prompt_in_chromium_streams_the_continuation(default_loaded, tmp_path):
         spec = {
             "url": url,
             "chromium": CHROMIUM,
-            # The status bar names the device once the model has loaded.
-            "ready": ["SmolLM2-135M-Instruct", "cpu/"],
+            # The status bar names what runs the model once it is ready: the shared engine.
+            "ready": ["SmolLM2-135M-Instruct", "remote 127.0.0.1:"],
             # Click into the prompt box (bottom left of the page), type, submit.
             "click": {"x": 0.3, "y": 0.91},
             "keys": [{"type": PROMPT}, {"press": "Enter"}],

@@ -67,8 +67,7 @@ async def test_train_to_the_end_then_load_the_model_into_the_chat(tiny_loaded, t
         await pilot.press("f7")  # the same
         assert app.screen is screen
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: screen.run is not None and screen.run.returncode is not None,
-                    timeout=180)
+        await until(pilot, lambda: screen.run is not None and screen.run.returncode is not None)
         await until(pilot, lambda: screen.finished == output)
         state = str(screen.query_one("#train-state", Static).render())
         assert state.startswith("done") and "Ctrl+L" in state
@@ -94,8 +93,7 @@ async def test_train_to_the_end_then_load_the_model_into_the_chat(tiny_loaded, t
         await pilot.press("escape")
         assert app.screen is screen
         await pilot.press("ctrl+l")
-        await until(pilot, lambda: app.conversation.generator.info.spec == str(output),
-                    timeout=60)
+        await until(pilot, lambda: app.conversation.generator.info.spec == str(output))
         assert not isinstance(app.screen, TrainScreen)
         await pilot.press("f5")  # the same screen, with its finished run
         await until(pilot, lambda: isinstance(app.screen, TrainScreen))
@@ -111,10 +109,9 @@ async def test_cancel_stops_the_trainer_and_keeps_a_checkpoint(tiny_loaded, tiny
         screen = await open_trainer(pilot, app, model=str(tiny_model_dir), data=str(corpus),
                                     steps="100000", output=str(output))
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: screen.run is not None and len(screen.run.loss) >= 2,
-                    timeout=180)
+        await until(pilot, lambda: screen.run is not None and len(screen.run.loss) >= 2)
         await pilot.press("ctrl+x")
-        await until(pilot, lambda: screen.run.returncode is not None, timeout=60)
+        await until(pilot, lambda: screen.run.returncode is not None)
         await pilot.pause(0.6)
         assert screen.run.returncode == 130
         assert list((output / "checkpoints").glob("checkpoint-*"))

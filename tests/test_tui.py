@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from repl.session import Session, load_session
 from repl.tui.app import COMMAND_NAMES, TextgenApp
 from repl.tui.screens import HelpScreen, ModelScreen
 from repl.tui.transcript import TurnView
+from tests import waiting
 
 SIZE = (100, 30)
 
@@ -47,11 +46,7 @@ def make_app(tiny_loaded, tmp_path: Path, **params) -> TextgenApp:
                       params=SamplingParams(**params))
 
 
-async def until(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the app"
-        await pilot.pause(0.02)
+until = waiting.until  # generous limits that name what they waited for
 
 
 async def idle(pilot, app: TextgenApp) -> None:
@@ -400,7 +395,7 @@ async def test_quit_during_generation_stops_and_saves(slow_loaded, tmp_path):
         await pilot.press(*"Hi", "enter")
         await until(pilot, lambda: app.job is not None and app.job.text)
         await pilot.press("ctrl+q")
-        await asyncio.wait_for(until(pilot, lambda: app.job is None), 10)
+        await until(pilot, lambda: app.job is None, what="Ctrl+Q to stop the generation")
     session = load_session(next(tmp_path.glob("*.json")))
     assert session.turns[0].completions[0].finish == "cancelled"
 

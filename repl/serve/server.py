@@ -16,11 +16,13 @@ What it adds to textual-serve (whose server trusts every page that can reach it)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import html
 import json
 import logging
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -71,12 +73,24 @@ class TextgenServer(Server):
         """Warnings only, plainly: textual-serve's rich handler prints locals with tracebacks."""
         logging.basicConfig(level=logging.WARNING, format="textgen serve: %(message)s")
 
+    def serve(self, debug: bool = False) -> None:
+        """textual-serve's, but the banner (the URL) is printed once the port listens, so
+        whoever reads it can connect at once."""
+        self.debug = debug
+        self.initialize_logging()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGINT, self.request_exit)
+            loop.add_signal_handler(signal.SIGTERM, self.request_exit)
+        web.run_app(self._make_app(), host=self.host, port=self.port, handle_signals=False,
+                    loop=loop, print=lambda *_: print(self.banner, flush=True))
+
     async def on_startup(self, app: web.Application) -> None:
         if self.engine is not None:
             print("textgen: loading the model for the shared engine...", file=sys.stderr,
                   flush=True)
             await self.engine.start()
-        print(self.banner, flush=True)
 
     async def _stop_engine(self, app: web.Application) -> None:
         if self.engine is not None:
