@@ -6,9 +6,9 @@ the tabs share one), and the server itself.
     .venv/bin/python benchmarks/serve_memory.py [--tabs 1 4] [--modes shared per-tab]
         [--model default] [-- more serve flags]
 
-RSS counts shared pages in full; PSS splits them between the processes that share them, so the
-sum of PSS is what the machine really spends, and the growth from 1 to N tabs over N-1 is what
-one more tab costs. Prints a Markdown table, then one JSON line per run.
+RSS counts shared pages in full; PSS splits them between the processes that share them (also
+processes outside this run: another test run's torch); USS is what the process alone holds, what
+ending it gives back. Prints a Markdown table, then one JSON line per run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def tree_memory(pid: int) -> dict[str, float]:
     root = psutil.Process(pid)
-    rss = pss = 0
+    rss = pss = uss = 0
     processes = [root, *root.children(recursive=True)]
     for process in processes:
         try:
@@ -48,8 +48,9 @@ def tree_memory(pid: int) -> dict[str, float]:
             continue
         rss += full.rss
         pss += getattr(full, "pss", full.rss)
+        uss += full.uss
     return {"rss_mb": round(rss / MB, 1), "pss_mb": round(pss / MB, 1),
-            "processes": len(processes)}
+            "uss_mb": round(uss / MB, 1), "processes": len(processes)}
 
 
 class Tab:
@@ -144,25 +145,34 @@ async def measure(model: str, tabs: int, per_tab: bool, flags: list[str],
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| mode | tabs | PSS per tab (MB) | RSS per tab (MB) | engine PSS (MB) | "
-            "all processes PSS (MB) |", "|---|---|---|---|---|---|"]
+    rows = ["| mode | tabs | a tab: USS / PSS / RSS (MB) | engine: USS / PSS / RSS (MB) | "
+            "all processes PSS (MB) |", "|---|---|---|---|---|"]
+
+    def mean(tabs: list[dict], key: str) -> float:
+        return sum(t[key] for t in tabs) / len(tabs)
+
     for r in results:
-        n = len(r["tabs"])
-        pss = sum(t["pss_mb"] for t in r["tabs"]) / n
-        rss = sum(t["rss_mb"] for t in r["tabs"]) / n
-        engine = f"{r['engine']['pss_mb']:.0f}" if r["engine"] else "-"
-        rows.append(f"| {r['mode']} | {n} | {pss:.0f} | {rss:.0f} | {engine} | "
-                    f"{r['all_pss_mb']:.0f} |")
+        tabs = r["tabs"]
+        tab = " / ".join(f"{mean(tabs, k):.0f}" for k in ("uss_mb", "pss_mb", "rss_mb"))
+        engine = (" / ".join(f"{r['engine'][k]:.0f}" for k in ("uss_mb", "pss_mb", "rss_mb"))
+                  if r["engine"] else "-")
+        rows.append(f"| {r['mode']} | {len(tabs)} | {tab} | {engine} | {r['all_pss_mb']:.0f} |")
     by_mode: dict[str, list[dict]] = {}
     for r in results:
         by_mode.setdefault(r["mode"], []).append(r)
     for mode, runs in by_mode.items():
         runs.sort(key=lambda r: len(r["tabs"]))
         if len(runs) > 1 and len(runs[-1]["tabs"]) > len(runs[0]["tabs"]):
-            extra = (runs[-1]["all_pss_mb"] - runs[0]["all_pss_mb"]) / (
+            extra = (_held(runs[-1]) - _held(runs[0])) / (
                 len(runs[-1]["tabs"]) - len(runs[0]["tabs"]))
-            rows.append(f"\n{mode}: one more tab costs {extra:.0f} MB (growth of all PSS)")
+            rows.append(f"\n{mode}: one more tab costs {extra:.0f} MB (the growth of what the "
+                        "tabs and the engine alone hold, USS)")
     return "\n".join(rows)
+
+
+def _held(run: dict) -> float:
+    return sum(t["uss_mb"] for t in run["tabs"]) + (run["engine"]["uss_mb"] if run["engine"]
+                                                     else 0)
 
 
 def main() -> None:

@@ -127,6 +127,9 @@ def test_a_signal_mid_generation_loses_no_finished_turn(name, tmp_path, tiny_mod
 
 
 @pytest.mark.slow
+# The suite's hang guard (300 s) is for one process; this runs `trials` of them, each taking
+# a minute or more on a loaded machine.
+@pytest.mark.timeout(300 * max(1, trials(slow=True)))
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_many_signals_at_random_moments(name, tmp_path, tiny_model_dir):
     _signal_trials(name, trials(slow=True), tmp_path, tiny_model_dir)

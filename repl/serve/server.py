@@ -10,7 +10,9 @@ What it adds to textual-serve (whose server trusts every page that can reach it)
 - terminal sizes clamped, and each tab's app ended within seconds of its websocket closing
   (repl/serve/tab.py);
 - the websocket URL in the page is derived from the request's Host header (so a browser on
-  another machine is not sent to `ws://localhost`), unless --public-url fixes it.
+  another machine is not sent to `ws://localhost`), unless --public-url fixes it;
+- the shared engine (repl/serve/engine.py), when there is one: started before the server
+  listens, its URL and key handed to every tab's app, stopped after the tabs.
 """
 
 from __future__ import annotations
