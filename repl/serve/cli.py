@@ -61,9 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, metavar="N",
                         help="tabs open at once (default: %(default)s)")
     parser.add_argument("--engine-per-tab", action="store_true",
-                        help="every tab's app loads its own copy of the model (about 1 GB a tab "
-                             "for the default model, against tens of MB on the shared engine), "
-                             "and may switch models (see --models-dir)")
+                        help="every tab's app loads its own copy of the model (0.65-1 GB a tab "
+                             "for the default model, against ~70 MB on the shared engine), and "
+                             "may switch models (see --models-dir)")
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
                         help="tabs may also load (switch to, compare) models under DIR; implies "
                              "--engine-per-tab, since the shared engine runs one model")
