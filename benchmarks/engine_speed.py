@@ -8,9 +8,12 @@ Columns, each the median of `--runs` timed runs after one warm-up, taken in inte
 so the machine's other load hits every engine alike:
 - decode tok/s and TTFT: greedy, `--new-tokens` new tokens from a ~10-token prompt;
 - prefill tok/s: a fresh long prompt (2,048 tokens, or the context less 8: GPT-2's 1,024)
-  until its first token, nothing cached;
+  until its first token, nothing cached; "8k" the same for 8,184 tokens (the default model's
+  context less 8), once per llama.cpp row (plain `generate()` would take many minutes);
 - regen TTFT: the same long prompt again (regenerate): the prefix cache's payoff;
 - ready s: opening the model in a fresh process (imports included), as `textgen` does;
+- threads: the llama.cpp backend runs with `--threads` (every core by default) and, beside it,
+  with one thread, so the table shows what the cores buy on this machine;
 - perplexity: the first `--ppl-tokens` tokens of WikiText-2 test, scored in 512-token windows
   by the same loop on every backend (same tokens: both tokenize with the model's tokenizer).
 "x plain" is over plain `generate()` on the same model, measured in the same process.
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 PROMPT = "The history of climate change research began in the early"
 LONG_TOKENS = 2048
+HUGE_TOKENS = 8192  # the "8k" column: the context less 8, where the model has that much
 WINDOW = 512
 
 
@@ -51,6 +55,7 @@ class Row:
     timings: list[Timing] = field(default_factory=list)
     prefill: list[float] = field(default_factory=list)  # tok/s
     regen_ttft: list[float] = field(default_factory=list)  # s
+    prefill_8k: float | None = None  # tok/s
     ready_s: float | None = None
     perplexity: float | None = None
 
@@ -174,9 +179,9 @@ class RawLlamaCpp(Engine):
     def __init__(self, gguf: Path, threads: int) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
-                         verbose=False)
-        self.label = f"llama.cpp itself ({threads} threads)"
+        self.llm = Llama(str(gguf), n_ctx=0, n_threads=threads, n_threads_batch=threads,
+                         verbose=False)  # n_ctx=0: the model's own context, as the backend
+        self.label = f"llama.cpp itself ({_threads(threads)})"
 
     def short(self, new_tokens: int) -> Timing:
         self.llm.reset()
@@ -292,17 +297,22 @@ def bench_model(name: str, args: argparse.Namespace) -> list[Row]:
         (PlainGenerate(loaded.model, loaded.tokenizer), "transformers"),
         (TextgenBackend(TransformersBackend(loaded), "textgen transformers backend"), None),
     ]
-    llama = None
+    llamas = []
     try:
-        llama = open_backend(spec, backend="llama.cpp", threads=args.threads)
-        engines.append((TextgenBackend(llama, f"textgen llama.cpp backend ({llama.info.dtype}, "
-                                              f"{args.threads} threads)"), "llama.cpp"))
-        engines.append((RawLlamaCpp(Path(llama.llm.model_path), args.threads), None))
+        for threads in dict.fromkeys([args.threads, 1]):  # every core, then one
+            llama = open_backend(spec, backend="llama.cpp", threads=threads)
+            llamas.append(llama)
+            engines.append((TextgenBackend(llama, f"textgen llama.cpp backend "
+                                                  f"({llama.info.dtype}, {_threads(threads)})"),
+                            "llama.cpp" if threads == args.threads else None))
+        engines.append((RawLlamaCpp(Path(llamas[0].llm.model_path), args.threads), None))
     except Exception as exc:  # a missing runtime is a row left out, and says why
         print(f"  llama.cpp rows left out: {exc}", file=sys.stderr)
     ids = long_prompt(loaded.tokenizer, args.data_dir)
     # 2,048 tokens, or what the model's context leaves room for (GPT-2: 1,024).
-    long_ids = ids[:min(LONG_TOKENS, (loaded.info.context_length or LONG_TOKENS) - 8)]
+    context = loaded.info.context_length or LONG_TOKENS
+    long_ids = ids[:min(LONG_TOKENS, context - 8)]
+    huge_ids = ids[:HUGE_TOKENS - 8] if context >= HUGE_TOKENS and args.huge else []
     ppl_ids = ids[: args.ppl_tokens]
     rows = [Row(engine.label, name) for engine, _ in engines]
     print(f"{name}: {len(loaded.tokenizer(PROMPT).input_ids)}-token prompt, "
@@ -325,34 +335,42 @@ def bench_model(name: str, args: argparse.Namespace) -> list[Row]:
         row.timings = row.timings[1:]
         row.prefill, row.regen_ttft = row.prefill[1:], row.regen_ttft[1:]
     for (engine, backend), row in pairs:
-        if backend is not None:
+        if huge_ids and not isinstance(engine, PlainGenerate) and (
+                isinstance(engine, RawLlamaCpp) or hasattr(engine.backend, "llm")):
+            row.prefill_8k = len(huge_ids) / engine.long(huge_ids, fresh=True)
+        if backend is not None:  # once per backend, not per thread count
             row.ready_s = statistics.median(ready_seconds(spec, backend, args.threads)
                                             for _ in range(2))
-        if args.ppl_tokens:
-            row.perplexity = engine.perplexity(ppl_ids)
+            if args.ppl_tokens:
+                row.perplexity = engine.perplexity(ppl_ids)
         print(f"  {row.engine}: {row.decode:.1f} tok/s, TTFT {row.ttft_ms:.0f} ms",
               file=sys.stderr)
-    if llama is not None:
+    for llama in llamas:
         llama.close()
     return rows
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread{'s' if count > 1 else ''}"
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| engine | model | decode tok/s | x plain | TTFT ms | x plain TTFT | "
-             "prefill tok/s (long) | regen TTFT ms (long) | ready s | "
+             "prefill tok/s (long) | prefill tok/s (8k) | regen TTFT ms (long) | ready s | "
              "perplexity |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     plain: dict[str, Row] = {}
     for row in rows:
         base = plain.setdefault(row.model, row)
         prefill = f"{statistics.median(row.prefill):.0f}" if row.prefill else "-"
         regen = f"{statistics.median(row.regen_ttft) * 1000:.0f}" if row.regen_ttft else "-"
+        huge = f"{row.prefill_8k:.0f}" if row.prefill_8k is not None else "-"
         ready = f"{row.ready_s:.2f}" if row.ready_s is not None else "-"
         ppl = f"{row.perplexity:.3f}" if row.perplexity is not None else "-"
         lines.append(
             f"| {row.engine} | {row.model} | {row.decode:.1f} | {row.decode / base.decode:.2f} "
-            f"| {row.ttft_ms:.0f} | {row.ttft_ms / base.ttft_ms:.2f} | {prefill} | {regen} | "
-            f"{ready} | {ppl} |")
+            f"| {row.ttft_ms:.0f} | {row.ttft_ms / base.ttft_ms:.2f} | {prefill} | {huge} | "
+            f"{regen} | {ready} | {ppl} |")
     return "\n".join(lines)
 
 
@@ -368,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path,
                         default=ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1",
                         help="a folder with wiki.test.raw (WikiText-2 raw)")
+    parser.add_argument("--no-8k", dest="huge", action="store_false",
+                        help="leave out the 8k-token prefill (minutes on 2 cores)")
     parser.add_argument("--ppl-tokens", type=int, default=4096,
                         help="tokens of WikiText-2 test to score (0: no perplexity)")
     args = parser.parse_args(argv)

@@ -98,6 +98,31 @@ def test_a_long_prompt_reports_progress_and_can_be_cancelled(tiny_llama):
         tiny_llama.prefill_chunk = 512
 
 
+def test_sampling_runs_torch_on_one_thread_and_restores_the_callers(tiny_llama):
+    """Each step's processors run on one torch thread (a split vocab-sized op waits on a busy
+    machine's descheduled thread), and the caller's thread count comes back after each."""
+    import torch
+
+    from repl.token_probs import TokenTrace
+
+    seen: list[int] = []
+
+    class CountingTrace(TokenTrace):
+        def record(self, token_id, scores):
+            seen.append(torch.get_num_threads())
+            super().record(token_id, scores)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(tiny_llama, GenerationRequest("Once upon", SamplingParams(
+            seed=2, max_new_tokens=4, **SAMPLED), trace=CountingTrace()))
+        assert seen == [1, 1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_stop_strings_end_the_text_before_them(tiny_llama):
     params = SamplingParams(seed=5, max_new_tokens=30, **SAMPLED)
     text, _, _ = run(tiny_llama, GenerationRequest("Once", params))

@@ -237,16 +237,24 @@ class LlamaCppBackend(Backend):
         generator = torch.Generator().manual_seed(seed)
 
         def choose(history: list[int], logits: np.ndarray) -> int:
-            input_ids = torch.tensor([history])  # (1, seq)
-            scores = torch.from_numpy(logits.copy())[None]  # (1, vocab)
-            scores = processors(input_ids, scores)
-            if params.greedy:
-                token = int(scores[0].argmax())
-            else:
-                probs = torch.softmax(scores[0].float(), dim=-1)  # (vocab,)
-                token = int(torch.multinomial(probs, 1, generator=generator))
-            if trace is not None:
-                trace.record(token, scores[0])
+            # One torch thread: a vocab-sized op is too small to split, and split it waits at
+            # a spinning barrier for a thread that a busy machine has descheduled (measured:
+            # 5 ms of CPU per token on one thread, 95 ms on two; benchmarks/NOTES.md).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                input_ids = torch.tensor([history])  # (1, seq)
+                scores = torch.from_numpy(logits.copy())[None]  # (1, vocab)
+                scores = processors(input_ids, scores)
+                if params.greedy:
+                    token = int(scores[0].argmax())
+                else:
+                    probs = torch.softmax(scores[0].float(), dim=-1)  # (vocab,)
+                    token = int(torch.multinomial(probs, 1, generator=generator))
+                if trace is not None:
+                    trace.record(token, scores[0])
+            finally:
+                torch.set_num_threads(threads)  # the caller's (a transformers model's) count
             return token
 
         return choose
