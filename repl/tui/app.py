@@ -97,6 +97,7 @@ COMMAND_NAMES = {
     "compare": "Compare two models or parameter sets",
     "train": "Train: fine-tune a model",
     "open_session": "Open a saved session",
+    "toggle_markdown": "Markdown / raw text of chat replies",
 }
 
 
@@ -185,6 +186,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         Binding("f6", "open_session", "Open", show=False, priority=True,
                 tooltip="Reopen a saved session: recent sessions with their date and first "
                         "prompt"),
+        Binding("f9", "toggle_markdown", "Raw", show=False,
+                tooltip="Chat replies as Markdown (code blocks highlighted) or as raw text"),
         Binding("f1", "help", "Help", tooltip="This list of keys"),
         Binding("ctrl+q", "quit", "Quit", priority=True,
                 tooltip="Quit (a running generation is stopped and saved first)"),
@@ -766,6 +769,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     @on(SamplingPanel.Changed)
     def _params_changed(self, message: SamplingPanel.Changed) -> None:
         self.conversation.params = message.params
+
+    def action_toggle_markdown(self) -> None:
+        markdown = not self.transcript.markdown
+        self.transcript.set_markdown(markdown)
+        self.notify("Chat replies as Markdown." if markdown else "Chat replies as raw text.")
 
     def action_copy(self) -> None:
         turns = self.conversation.session.turns
