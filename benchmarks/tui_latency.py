@@ -174,7 +174,8 @@ def child(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="start-up runs (median reported)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="start-up and engine runs (median reported); 0: the stalls only")
     parser.add_argument("--new-tokens", type=int, default=300)
     parser.add_argument("--model", default="default")
     parser.add_argument("--chat", action="store_true",
@@ -189,7 +190,7 @@ def main() -> int:
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed: apt-get install -y tmux")
     rows = []
-    if not args.no_startup:
+    if not args.no_startup and args.runs:
         with tempfile.TemporaryDirectory() as tmp:
             runs = [startup_run(args.model, Path(tmp)) for _ in range(args.runs)]
         first = statistics.median(r[0] for r in runs)
@@ -197,14 +198,15 @@ def main() -> int:
         rows += [("`textgen` -> first screen (loading model)", f"{first * 1000:.0f} ms"),
                  ("`textgen` -> model ready", f"{ready * 1000:.0f} ms")]
     stalls = stall_run(args.model, args.new_tokens, args.chat)
-    engine = engine_run(args.model, args.new_tokens, args.runs)
+    engine = engine_run(args.model, args.new_tokens, args.runs) if args.runs else 0.0
     rows += [
         ("longest UI stall while the model loads", f"{stalls['load_max_stall_ms']:.0f} ms"),
         (f"longest UI stall, {stalls['new_tokens']}-token generation",
          f"{stalls['gen_max_stall_ms']:.0f} ms (at {stalls['gen_max_stall_at_s']:.1f} s)"),
         ("99th percentile UI stall, same generation", f"{stalls['gen_p99_stall_ms']:.0f} ms"),
         ("decode speed during that generation (TUI)", f"{stalls['tokens_per_s']:.1f} tok/s"),
-        ("same generation, engine alone, no UI (median)", f"{engine:.1f} tok/s"),
+        ("same generation, engine alone, no UI (median)",
+         f"{engine:.1f} tok/s" if engine else "-"),
         ("TUI / engine", f"{stalls['tokens_per_s'] / engine:.3f}" if engine else "-"),
     ]
     width = max(len(name) for name, _ in rows)
