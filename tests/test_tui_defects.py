@@ -8,7 +8,7 @@ import pytest
 from textual import events
 from textual.widgets import Input
 
-from tests.test_tui_fixes import SIZE, idle, ready, scripted_app, submit, toasts
+from tests.test_tui_fixes import SIZE, idle, ready, scripted_app, submit, toasts, until
 
 FAMILY = "👩\u200d👩\u200d👧"
 
@@ -56,3 +56,28 @@ async def test_ctrl_r_with_an_invalid_sampling_value_refuses_and_focuses_it(scri
         assert len(backend.requests) == sent
         assert app.focused is field
         assert toasts(app, "temperature") == 1
+
+
+@pytest.mark.anyio
+async def test_a_scrolled_transcript_keeps_following_after_the_window_shrinks(scripted,
+                                                                              tmp_path):
+    """The defect needs a transcript already scrolled to its end when the window shrinks
+    (tests/test_tui_fixes.py shrinks it while the text still fits, where nothing is lost)."""
+    first = "".join(f"line {i}\n" for i in range(60))
+    backend = scripted([first] + [f"more {i}\n" for i in range(40)])
+    app = scripted_app(backend, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot, app)
+        backend.hold = True
+        await pilot.press("G", "o", "enter")
+        transcript = app.transcript
+        await until(pilot, lambda: app.job is not None and "line 59" in app.job.text
+                    and transcript.max_scroll_y > 10
+                    and transcript.scroll_y >= transcript.max_scroll_y - 1)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        backend.hold = False
+        backend.release()
+        await idle(pilot, app)
+        await until(pilot, lambda: transcript.scroll_y >= transcript.max_scroll_y - 1)
+        assert transcript.max_scroll_y > 60  # it grew by the 40 lines after the shrink
