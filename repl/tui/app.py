@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.console import RenderableType
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -40,7 +41,7 @@ from repl.engine import (
 )
 from repl.errors import TextgenError
 from repl.options import use_chat_template
-from repl.params import DEFAULT_PRESET, PARAM_NAMES, SamplingParams
+from repl.params import DEFAULT_PRESET, PARAM_NAMES, PRESETS, SamplingParams
 from repl.session import Mode, Session, Turn, default_sessions_dir, load_session
 from repl.settings import Settings, load_settings, save_settings, settings_path
 from repl.tui.clipboard import system_copy, write_copy
@@ -801,7 +802,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                         mode=self.conversation.mode, model=self.spec,
                         markdown=self.transcript.markdown)
 
-    def exit(self, *args, **kwargs) -> None:
+    def exit(self, result: int | None = None, return_code: int = 0,
+             message: RenderableType | None = None) -> None:
         """Every way out (Ctrl+Q, a signal, the end of a stopped generation) comes here: the
         settings are remembered first, while the widgets that hold them still exist."""
         if self.settings_file is not None and self.is_running:
@@ -810,7 +812,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             except OSError as exc:
                 self.settings_note = (f"the settings could not be remembered in "
                                       f"{self.settings_file}: {exc.strerror or exc}")
-        super().exit(*args, **kwargs)
+        super().exit(result, return_code, message)
 
     def action_copy(self) -> None:
         turns = self.conversation.session.turns
@@ -978,7 +980,7 @@ def build_app(args: argparse.Namespace) -> TextgenApp:
     remembered, settings_note = (load_settings(settings_file) if settings_file is not None
                                  else (Settings(), None))
     preset = args.preset if args.preset != DEFAULT_PRESET else remembered.preset
-    params = params_from_args(args, remembered.params)
+    params = params_from_args(args, remembered.params or PRESETS[remembered.preset])
     sessions_dir = args.sessions_dir or default_sessions_dir()
     mode: Mode = "chat" if args.chat else remembered.mode or "complete"
     spec = args.model
