@@ -81,7 +81,7 @@ async def test_settings_come_back_on_the_next_start_and_flags_win(scripted, tmp_
         await pilot.pause()
         panel.query_one("#top_k", Input).value = "33"
         await pilot.pause()
-        await pilot.press("ctrl+t", "f8")  # chat mode, raw text
+        await pilot.press("ctrl+t", "f9")  # chat mode, raw text
         await pilot.press("ctrl+q")
         await until(pilot, lambda: not app.is_running)
     saved = json.loads((config_dir / "settings.json").read_text())

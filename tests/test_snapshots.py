@@ -36,7 +36,9 @@ def app_for(backend) -> TextgenApp:
 
 
 async def steady(pilot, app: TextgenApp) -> None:
-    """No blinking cursor, no timing or file name in the status bar."""
+    """No blinking cursor, no timing or file name in the status bar, no toast (whether one is
+    still up depends on how fast the machine ran the steps before)."""
+    app.clear_notifications()
     for field in [*app.screen.query(Input), app.prompt]:
         field.cursor_blink = False
     app.status.tokens_per_s = None
