@@ -2,6 +2,7 @@
 loads and during a 300-token generation, in a real terminal (tmux).
 
     .venv/bin/python benchmarks/tui_latency.py [--runs 3] [--new-tokens 300] [--model default]
+                                               [--chat] [--no-startup]
 
 Start-up: tmux runs the real `textgen` command; capture-pane is polled every 10 ms until the
 status bar is drawn ("first screen") and until it names the loaded model ("model ready").
@@ -9,7 +10,9 @@ status bar is drawn ("first screen") and until it names the loaded model ("model
 Stalls: tmux runs this script again as a child that drives the real app (real terminal driver,
 real rendering) with a 5 ms probe timer on the UI's event loop; a stall is the longest gap
 between two probe ticks beyond the 5 ms period, i.e. the longest time the UI could not react to
-a key. EOS is switched off for the run so the generation is exactly --new-tokens long.
+a key. EOS is switched off for the run so the generation is exactly --new-tokens long. --chat
+runs it in chat mode, with a prompt that asks for code and a list, so the reply streams into
+the Markdown view; --no-startup measures the stalls and the engine alone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 PROBE_S = 0.005
 PROMPT = "The history of climate change research began"
+CHAT_PROMPT = ("Write a Python function that parses a CSV file, in a code block, then a bulleted "
+               "list of notes with some **bold** words and `inline code`.")
 ROOT = Path(__file__).resolve().parent.parent
 TEXTGEN = Path(sys.executable).parent / "textgen"
 
@@ -64,13 +69,14 @@ def startup_run(model: str, sessions: Path) -> tuple[float, float]:
     return first, ready
 
 
-def stall_run(model: str, new_tokens: int) -> dict[str, float]:
+def stall_run(model: str, new_tokens: int, chat: bool = False) -> dict[str, float]:
     """Run the child in tmux and read back what it measured."""
     socket = f"tui-latency-{time.monotonic_ns()}"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         command = (f"{sys.executable} {Path(__file__).resolve()} --child {out} "
-                   f"--model {model} --new-tokens {new_tokens} --sessions-dir {tmp}")
+                   f"--model {model} --new-tokens {new_tokens} --sessions-dir {tmp}"
+                   + (" --chat" if chat else ""))
         tmux(socket, "new-session", "-d", "-s", "b", "-x", "120", "-y", "35", command)
         try:
             deadline = time.monotonic() + 1800
@@ -133,7 +139,7 @@ def child(args: argparse.Namespace) -> int:
             if self.phase == "load" and generator is not None:
                 no_eos(generator)  # exactly N tokens
                 self.phase = "wait"
-                self.prompt.text = PROMPT
+                self.prompt.text = CHAT_PROMPT if args.chat else PROMPT
                 self.prompt.action_submit()
             elif self.phase == "wait" and self.job is not None:
                 self.phase = "generate"
@@ -161,15 +167,21 @@ def child(args: argparse.Namespace) -> int:
             self.exit(0)
 
     params = SamplingParams(max_new_tokens=args.new_tokens, seed=1)
-    ProbedApp(args.model, params=params, sessions_dir=Path(args.sessions_dir)).run()
+    ProbedApp(args.model, params=params, sessions_dir=Path(args.sessions_dir),
+              mode="chat" if args.chat else "complete").run()
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="start-up runs (median reported)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="start-up and engine runs (median reported); 0: the stalls only")
     parser.add_argument("--new-tokens", type=int, default=300)
     parser.add_argument("--model", default="default")
+    parser.add_argument("--chat", action="store_true",
+                        help="chat mode, a prompt that asks for Markdown (code, a list)")
+    parser.add_argument("--no-startup", action="store_true",
+                        help="skip the start-up runs (stalls and engine speed only)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sessions-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,26 +189,29 @@ def main() -> int:
         return child(args)
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed: apt-get install -y tmux")
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = [startup_run(args.model, Path(tmp)) for _ in range(args.runs)]
-    first = statistics.median(r[0] for r in runs)
-    ready = statistics.median(r[1] for r in runs)
-    stalls = stall_run(args.model, args.new_tokens)
-    engine = engine_run(args.model, args.new_tokens, args.runs)
-    rows = [
-        ("`textgen` -> first screen (loading model)", f"{first * 1000:.0f} ms"),
-        ("`textgen` -> model ready", f"{ready * 1000:.0f} ms"),
+    rows = []
+    if not args.no_startup and args.runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = [startup_run(args.model, Path(tmp)) for _ in range(args.runs)]
+        first = statistics.median(r[0] for r in runs)
+        ready = statistics.median(r[1] for r in runs)
+        rows += [("`textgen` -> first screen (loading model)", f"{first * 1000:.0f} ms"),
+                 ("`textgen` -> model ready", f"{ready * 1000:.0f} ms")]
+    stalls = stall_run(args.model, args.new_tokens, args.chat)
+    engine = engine_run(args.model, args.new_tokens, args.runs) if args.runs else 0.0
+    rows += [
         ("longest UI stall while the model loads", f"{stalls['load_max_stall_ms']:.0f} ms"),
         (f"longest UI stall, {stalls['new_tokens']}-token generation",
          f"{stalls['gen_max_stall_ms']:.0f} ms (at {stalls['gen_max_stall_at_s']:.1f} s)"),
         ("99th percentile UI stall, same generation", f"{stalls['gen_p99_stall_ms']:.0f} ms"),
         ("decode speed during that generation (TUI)", f"{stalls['tokens_per_s']:.1f} tok/s"),
-        ("same generation, engine alone, no UI (median)", f"{engine:.1f} tok/s"),
+        ("same generation, engine alone, no UI (median)",
+         f"{engine:.1f} tok/s" if engine else "-"),
         ("TUI / engine", f"{stalls['tokens_per_s'] / engine:.3f}" if engine else "-"),
     ]
     width = max(len(name) for name, _ in rows)
-    print(f"TUI latency · model {args.model} · median of {args.runs} start-ups · "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"TUI latency · model {args.model} · {'chat' if args.chat else 'complete'} mode · "
+          f"median of {args.runs} runs · {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'measure'.ljust(width)}  value")
     print(f"{'-' * width}  -------")
     for name, value in rows:

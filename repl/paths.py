@@ -10,6 +10,9 @@ Environment variables move each one, checkout or not:
   $TEXTGEN_SESSIONS_DIR  sessions
   $TEXTGEN_MODELS_DIR    models (and the cache inside it, `models/.cache/`, as a whole)
   $TEXTGEN_CACHE_DIR     the cache alone (converted models; derived, safe to delete)
+  $TEXTGEN_CONFIG_DIR    settings the TUI remembers (always the user's config directory,
+                         `~/.config/textgen/`, checkout or not: they are the user's, not the
+                         project's)
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ def cache_dir() -> Path:
     if os.environ.get("TEXTGEN_MODELS_DIR") or checkout_root():
         return models_dir() / ".cache"
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
+def config_dir() -> Path:
+    """Settings remembered between launches: $TEXTGEN_CONFIG_DIR, else the user's config
+    directory (`~/.config/textgen`, or under $XDG_CONFIG_HOME)."""
+    if env := os.environ.get("TEXTGEN_CONFIG_DIR"):
+        return Path(env).expanduser()
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
 def user_data_dir() -> Path:

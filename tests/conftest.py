@@ -16,6 +16,15 @@ from repl.models import ModelInfo
 from tests.tiny_models import save_random_gpt2
 
 
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every process it starts) remembers TUI settings in a folder of its own,
+    never in the user's real config directory."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("TEXTGEN_CONFIG_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")

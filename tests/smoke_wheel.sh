@@ -80,6 +80,7 @@ mkdir -p "$OUTSIDE" "$WORK/home"
 cd "$OUTSIDE"
 run() {
     env -u PYTHONPATH -u TEXTGEN_SESSIONS_DIR -u TEXTGEN_MODELS_DIR -u TEXTGEN_CACHE_DIR \
+        -u TEXTGEN_CONFIG_DIR -u XDG_CONFIG_HOME \
         -u XDG_DATA_HOME -u XDG_CACHE_HOME -u VIRTUAL_ENV HOME="$WORK/home" \
         HF_HUB_OFFLINE=1 PATH="$VENV/bin:/usr/bin:/bin" "$@"
 }
@@ -99,6 +100,7 @@ assert paths.checkout_root() is None, paths.checkout_root()
 home = Path.home()
 assert paths.sessions_dir() == home / ".local/share/textgen/sessions", paths.sessions_dir()
 assert paths.cache_dir() == home / ".cache/textgen", paths.cache_dir()
+assert paths.config_dir() == home / ".config/textgen", paths.config_dir()
 # Every stylesheet the TUI's apps and screens name is in the installed package.
 for obj in vars(app).values():
     css = getattr(obj, "CSS_PATH", None)

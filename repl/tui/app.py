@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.console import RenderableType
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -40,8 +41,9 @@ from repl.engine import (
 )
 from repl.errors import TextgenError
 from repl.options import use_chat_template
-from repl.params import PARAM_NAMES, SamplingParams
+from repl.params import DEFAULT_PRESET, PARAM_NAMES, PRESETS, SamplingParams
 from repl.session import Mode, Session, Turn, default_sessions_dir, load_session
+from repl.settings import Settings, load_settings, save_settings, settings_path
 from repl.tui.clipboard import system_copy, write_copy
 from repl.tui.compare import CompareActions
 from repl.tui.footer import FittingFooter
@@ -97,6 +99,8 @@ COMMAND_NAMES = {
     "compare": "Compare two models or parameter sets",
     "train": "Train: fine-tune a model",
     "open_session": "Open a saved session",
+    "toggle_markdown": "Markdown / raw text of chat replies",
+    "reset_sampling": "Reset the sampling values to the preset",
 }
 
 
@@ -185,6 +189,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         Binding("f6", "open_session", "Open", show=False, priority=True,
                 tooltip="Reopen a saved session: recent sessions with their date and first "
                         "prompt"),
+        Binding("f9", "toggle_markdown", "Raw", show=False,
+                tooltip="Chat replies as Markdown (code blocks highlighted) or as raw text"),
+        Binding("f10", "reset_sampling", "Reset", show=False,
+                tooltip="Reset every sampling value to the preset last picked (the seed "
+                        "stays)"),
         Binding("f1", "help", "Help", tooltip="This list of keys"),
         Binding("ctrl+q", "quit", "Quit", priority=True,
                 tooltip="Quit (a running generation is stopped and saved first)"),
@@ -196,9 +205,17 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                  session_path: Path | None = None, sessions_dir: Path | None = None,
                  loaded: LoadedModel | None = None, backend: str = "auto",
                  threads: int | None = None, api_key: str | None = None,
-                 system: str | None = None, chat_template: str | None = None) -> None:
+                 system: str | None = None, chat_template: str | None = None,
+                 preset: str = DEFAULT_PRESET, markdown: bool = True,
+                 settings_file: Path | None = None, settings_note: str | None = None) -> None:
         super().__init__()
         self.spec = spec
+        self.preset = preset
+        self.markdown = markdown
+        # Where the settings are remembered when the app ends (None: not remembered), and what
+        # went wrong reading or writing them.
+        self.settings_file = settings_file
+        self.settings_note = settings_note
         # --chat-template's text: used by the model the app starts with (it was given for it).
         self.chat_template = (spec, chat_template) if chat_template else None
         # How every model of this app is opened (the chat's, the switch's, compare's);
@@ -231,11 +248,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Transcript(id="transcript")
+                yield Transcript(id="transcript", markdown=self.markdown)
                 yield PromptInput(PromptHistory(history_path(
                     self.sessions_dir or default_sessions_dir())), id="prompt")
             yield SamplingPanel(self.conversation.params, self.conversation.mode,
-                                self.conversation.system, id="sampling")
+                                self.conversation.system, self.preset, id="sampling")
         yield StatusBar(id="status")
         yield FittingFooter(compact=True)
 
@@ -266,6 +283,9 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if self.conversation.lock_note:
             self.notify(self.conversation.lock_note, title="Opened as a copy",
                         severity="warning", timeout=15)
+        if self.settings_note:
+            self.notify(self.settings_note, title="Settings", severity="warning", timeout=15)
+            self.settings_note = None
         if self.loaded is not None:
             self._use_generator(TransformersBackend(self.loaded))
         else:
@@ -767,6 +787,33 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def _params_changed(self, message: SamplingPanel.Changed) -> None:
         self.conversation.params = message.params
 
+    def action_toggle_markdown(self) -> None:
+        markdown = not self.transcript.markdown
+        self.transcript.set_markdown(markdown)
+        self.notify("Chat replies as Markdown." if markdown else "Chat replies as raw text.")
+
+    def action_reset_sampling(self) -> None:
+        self.panel.reset_to_preset()
+        self.notify(f"Sampling values reset to the {self.panel.preset} preset.")
+
+    def settings(self) -> Settings:
+        """What the next start remembers: the settings in force now."""
+        return Settings(params=self.conversation.params, preset=self.panel.preset,
+                        mode=self.conversation.mode, model=self.spec,
+                        markdown=self.transcript.markdown)
+
+    def exit(self, result: int | None = None, return_code: int = 0,
+             message: RenderableType | None = None) -> None:
+        """Every way out (Ctrl+Q, a signal, the end of a stopped generation) comes here: the
+        settings are remembered first, while the widgets that hold them still exist."""
+        if self.settings_file is not None and self.is_running:
+            try:
+                save_settings(self.settings(), self.settings_file)
+            except OSError as exc:
+                self.settings_note = (f"the settings could not be remembered in "
+                                      f"{self.settings_file}: {exc.strerror or exc}")
+        super().exit(result, return_code, message)
+
     def action_copy(self) -> None:
         turns = self.conversation.session.turns
         turn = turns[self._turn_index()] if turns else None
@@ -912,12 +959,33 @@ def warm_up(generator: Backend) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`textgen` on a terminal: open the TUI (on a resumed session with --session FILE)."""
-    from repl.options import backend_options, params_from_args, read_chat_template
+    app = build_app(args)
+    result = app.run()
+    status = _exit_status(app, result or 0)
+    if app.loading:  # quit while a model was loading: do not wait for torch to finish
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)  # the session is saved already; the terminal is restored
+    return status
 
-    params = params_from_args(args)
+
+def build_app(args: argparse.Namespace) -> TextgenApp:
+    """The app the command line asks for. Each setting comes from the first of: a flag, the
+    resumed session (--session), what the last run remembered (repl/settings.py), the default.
+    A `textgen serve` tab remembers nothing (its settings are not the server user's)."""
+    from repl.options import backend_options, params_from_args, read_chat_template
+    from repl.serve.policy import ServedPolicy
+
+    settings_file = settings_path() if ServedPolicy.from_env() is None else None
+    remembered, settings_note = (load_settings(settings_file) if settings_file is not None
+                                 else (Settings(), None))
+    preset = args.preset if args.preset != DEFAULT_PRESET else remembered.preset
+    params = params_from_args(args, remembered.params or PRESETS[remembered.preset])
     sessions_dir = args.sessions_dir or default_sessions_dir()
-    mode: Mode = "chat" if args.chat else "complete"
+    mode: Mode = "chat" if args.chat else remembered.mode or "complete"
     spec = args.model
+    if spec == "default" and remembered.model:
+        spec = remembered.model
     session = None
     if args.session is not None:
         session = load_session(args.session)
@@ -929,20 +997,15 @@ def run(args: argparse.Namespace) -> int:
         params = session.params = session.params.replace(**flags)
         if session.turns and not args.chat:
             mode = session.turns[-1].mode
-        if spec == "default" and session.model.get("spec"):
+        if args.model == "default" and session.model.get("spec"):
             spec = session.model["spec"]  # reopen with the model it was made with
     system = getattr(args, "system", None)
-    app = TextgenApp(spec, params=params, mode=mode, session=session,
-                     session_path=args.session, sessions_dir=sessions_dir,
-                     system=system, chat_template=read_chat_template(args),
-                     **backend_options(args))
-    result = app.run()
-    status = _exit_status(app, result or 0)
-    if app.loading:  # quit while a model was loading: do not wait for torch to finish
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)  # the session is saved already; the terminal is restored
-    return status
+    return TextgenApp(spec, params=params, mode=mode, session=session,
+                      session_path=args.session, sessions_dir=sessions_dir,
+                      system=system, chat_template=read_chat_template(args),
+                      preset=preset, markdown=remembered.markdown,
+                      settings_file=settings_file, settings_note=settings_note,
+                      **backend_options(args))
 
 
 def _exit_status(app: TextgenApp, result: int) -> int:
@@ -955,6 +1018,8 @@ def _exit_status(app: TextgenApp, result: int) -> int:
     if conversation.save_error:
         print(f"textgen: the session could NOT be saved: {conversation.save_error}",
               file=sys.stderr)
+    if app.settings_note:  # the settings could not be written as the app ended
+        print(f"textgen: {app.settings_note}", file=sys.stderr)
     if app.exit_signal is not None:
         return 128 + app.exit_signal
     return 1 if conversation.save_error else result

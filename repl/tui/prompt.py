@@ -7,9 +7,11 @@ from __future__ import annotations
 import unicodedata
 from typing import ClassVar
 
+from rich.segment import Segment
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import TextArea
 
 from repl.tui.history import PromptHistory
@@ -17,6 +19,7 @@ from repl.tui.history import PromptHistory
 # Keys that insert a newline instead of submitting. tmux and most terminals send Ctrl+J as a
 # distinct key; Shift+Enter only arrives with the kitty keyboard protocol.
 NEWLINE_KEYS = ("ctrl+j", "shift+enter")
+ZWJ = "\u200d"
 
 
 class PromptInput(TextArea):
@@ -63,6 +66,18 @@ class PromptInput(TextArea):
             self._replace_via_keyboard(joiner, start, end)
             return
         await super()._on_key(event)
+
+    def render_line(self, y: int) -> Strip:
+        """A line as the terminal will draw it. Rich measures 👩‍👩‍👧 as one 2-cell cluster,
+        but tmux 3.3 and many terminals draw the three emoji apart (6 cells), which pushed the
+        box's right border out of line. Drawn without the joiner, both count 6; the text
+        itself keeps it."""
+        strip = super().render_line(y)
+        if not any(ZWJ in segment.text for segment in strip):
+            return strip
+        width = strip.cell_length
+        return Strip([Segment(segment.text.replace(ZWJ, ""), segment.style, segment.control)
+                      for segment in strip]).adjust_cell_length(width)
 
     def action_submit(self) -> None:
         if self.prompts is not None:

@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Switch
 
-from repl.params import PRESETS, SamplingParams
+from repl.params import DEFAULT_PRESET, PRESETS, SamplingParams
 from repl.session import MODES, Mode
 
 # (field, label) of the text inputs, in the order shown below the `sample` switch; seed and
@@ -97,9 +97,10 @@ class SamplingPanel(VerticalScroll):
             self.text = text
 
     def __init__(self, params: SamplingParams, mode: Mode = "complete", system: str = "",
-                 **kwargs) -> None:
+                 preset: str = DEFAULT_PRESET, **kwargs) -> None:
         super().__init__(**kwargs)
         self.params = params
+        self.preset = preset  # the preset last picked: what `reset_to_preset` goes back to
         self.mode: Mode = mode
         self.system = system
         self.context_length: int | None = None
@@ -211,9 +212,16 @@ class SamplingPanel(VerticalScroll):
     @on(Select.Changed, "#preset")
     def _preset_changed(self, event: Select.Changed) -> None:
         event.stop()
+        if isinstance(event.value, str):
+            self.preset = event.value
         if isinstance(event.value, str) and matching_preset(self.params) != event.value:
             self.set_params(PRESETS[event.value].replace(seed=self.params.seed))
             self.post_message(self.Changed(self.params))
+
+    def reset_to_preset(self) -> None:
+        """Every value back to the last picked preset's (the seed stays: presets have none)."""
+        self.set_params(PRESETS[self.preset].replace(seed=self.params.seed))
+        self.post_message(self.Changed(self.params))
 
     @on(Select.Changed, "#mode")
     def _mode_changed(self, event: Select.Changed) -> None:

@@ -1,33 +1,65 @@
 """The transcript: every turn's prompt and its selected completion, with the live text of a
 generation in progress. It follows the stream only while the user is at the bottom: scrolling
 up to read stops the following, scrolling back to the end resumes it. One turn can be selected
-(Alt+Up/Down) for the keys that act on a turn; without a selection they act on the last."""
+(Alt+Up/Down) for the keys that act on a turn; without a selection they act on the last.
+
+A chat reply is shown as Markdown (code blocks highlighted) unless the transcript is set to raw
+text (F9); complete mode is always plain text, and so is inspect mode's coloured text."""
 
 from __future__ import annotations
 
+from textual.app import ComposeResult
 from textual.await_complete import AwaitComplete
-from textual.containers import VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
 from repl.session import EDITED, Turn
 from repl.tui.inspect_view import inspect_body
+from repl.tui.message_body import MessageBody
 
 WELCOME = ("Write a prompt below and press Enter. The model continues your text "
            "(complete mode) or answers it (chat mode, Ctrl+T). F1 lists every key.")
 
 
-class TurnView(Static):
+class TurnView(Vertical):
     """One turn: the prompt, the selected alternative (or the one being generated), and a line
-    saying which alternative this is and how it ended."""
+    saying which alternative this is and how it ended.
 
-    def __init__(self, turn: Turn, number: int) -> None:
+    As plain text the whole turn is one `Content` (`render_turn`) in the body; as Markdown the
+    prompt and the meta line are their own lines around the rendered reply."""
+
+    DEFAULT_CSS = """
+    TurnView {
+        height: auto;
+    }
+    TurnView > .turn-head, TurnView > .turn-meta {
+        display: none;
+    }
+    TurnView.-markdown > .turn-head, TurnView.-markdown > .turn-meta {
+        display: block;
+    }
+    TurnView > .turn-meta {
+        color: $text-muted;
+    }
+    """
+
+    def __init__(self, turn: Turn, number: int, *, markdown: bool = False) -> None:
         super().__init__(classes=f"turn -{turn.mode}")
         self.turn = turn
         self.number = number
+        self.markdown = markdown  # chat replies as Markdown (False: raw text)
         self.live: str | None = None  # text generated so far by a running generation
         self.live_kind = ""  # submit | regenerate | continue
+        self.head = Static(classes="turn-head")
+        self.body = MessageBody()
+        self.meta = Static(classes="turn-meta")
         self.show()
+
+    def compose(self) -> ComposeResult:
+        yield self.head
+        yield self.body
+        yield self.meta
 
     def start_live(self, kind: str) -> None:
         self.live, self.live_kind = "", kind
@@ -35,25 +67,41 @@ class TurnView(Static):
 
     def add_live(self, text: str) -> bool:
         """Show more streamed text; True when the turn grew by a line (then it was laid out
-        again, and a transcript that follows the stream must scroll)."""
+        again, and a transcript that follows the stream must scroll). Markdown says so itself,
+        once its document has changed (`MessageBody.Grew`)."""
         if self.live is None:
             self.live = ""
         self.live += text
+        if self.body.is_markdown:
+            self.body.show_markdown(self.body_text())
+            return False
         content = self.render_turn()
         # A new layout of the whole screen costs far more than wrapping this turn's text, and
         # re-laying out 30 times a second took 30% of decode speed from the worker: lay out
         # again only when the turn grows by a line.
-        width = self.content_region.width
-        grew = not width or content.get_height(self.styles, width) != self.content_region.height
-        self.update(content, layout=grew)
+        grew = self.body.plain_grows(content)
+        self.body.show_plain(content, layout=grew)
         return grew
 
     def end_live(self) -> None:
         self.live, self.live_kind = None, ""
         self.show()
 
+    def set_markdown(self, markdown: bool) -> None:
+        self.markdown = markdown
+        self.show()
+
     def show(self) -> None:
-        self.update(self.render_turn())
+        coloured = inspect_body(self)  # inspect mode's colours are plain text
+        if self.markdown and self.turn.mode == "chat" and coloured is None:
+            self.add_class("-markdown")
+            self.head.update(Content.assemble(("› ", "bold $accent"),
+                                              (self.turn.prompt, "bold $accent")))
+            self.meta.update(Content(self.meta_line()))
+            self.body.show_markdown(self.body_text())
+        else:
+            self.remove_class("-markdown")
+            self.body.show_plain(self.render_turn(coloured))
 
     def body_text(self) -> str:
         """The completion text on screen now: the live one while generating."""
@@ -63,14 +111,15 @@ class TurnView(Static):
         base = turn.completion.text if turn.completion is not None else ""
         return base + (self.live or "") if self.live_kind == "continue" else base
 
-    def render_turn(self) -> Content:
+    def render_turn(self, body: Content | None = None) -> Content:
+        """The whole turn as plain text (`body`: the completion coloured by inspect mode)."""
         turn = self.turn
         parts: list[str | tuple[str, str]] = []
         if turn.mode == "chat":
             parts += [("› ", "bold $accent"), (turn.prompt, "bold $accent"), "\n"]
         else:
             parts.append((turn.prompt, "bold $accent"))
-        parts.append(inspect_body(self) or self.body_text())  # coloured in inspect mode
+        parts.append(body or inspect_body(self) or self.body_text())  # coloured in inspect mode
         if self.live is not None:
             parts.append(("▌", "$accent"))
         parts += ["\n", (self.meta_line(), "$text-muted")]
@@ -116,10 +165,22 @@ class Transcript(VerticalScroll):
     `pinned` says whether the view follows new text: it is the user's scrolling that unpins
     it (a resize that leaves the old position short of the new bottom does not)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, markdown: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.pinned = True
         self.selected: int | None = None  # the selected turn's index; None: the last turn
+        self.markdown = markdown  # chat replies as Markdown; False: raw text
+
+    def set_markdown(self, markdown: bool) -> None:
+        """Markdown or raw text for every chat reply, shown and to come."""
+        self.markdown = markdown
+        for view in self.views():
+            view.set_markdown(markdown)
+
+    def on_message_body_grew(self, message: MessageBody.Grew) -> None:
+        message.stop()
+        if self.pinned:  # not while the user scrolled up to read
+            self.follow()
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
@@ -149,13 +210,14 @@ class Transcript(VerticalScroll):
         if not turns:
             await self.mount(Static(WELCOME, classes="welcome"))
             return
-        await self.mount_all(TurnView(turn, i + 1) for i, turn in enumerate(turns))
+        await self.mount_all(TurnView(turn, i + 1, markdown=self.markdown)
+                             for i, turn in enumerate(turns))
         self.follow()
 
     def add_turn(self, turn: Turn) -> TurnView:
         for welcome in self.query(".welcome"):
             welcome.remove()
-        view = TurnView(turn, len(self.views()) + 1)
+        view = TurnView(turn, len(self.views()) + 1, markdown=self.markdown)
         self.mount(view)
         self.follow()  # a new prompt always brings the view to the bottom
         return view
@@ -178,7 +240,8 @@ class Transcript(VerticalScroll):
             keep += 1
         for view in views[keep:]:
             view.remove()
-        fresh = [TurnView(turn, number) for number, turn in enumerate(turns[keep:], keep + 1)]
+        fresh = [TurnView(turn, number, markdown=self.markdown)
+                 for number, turn in enumerate(turns[keep:], keep + 1)]
         if fresh:
             self.mount_all(fresh)
         if self.selected is not None and self.selected >= len(turns) - 1:
