@@ -456,6 +456,13 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self.transcript.select(index)
         self._describe(self.conversation.session.turns[index])
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """F7/F8 are priority keys (they must beat the prompt box): off while another screen is
+        on top, so the trainer screen's own F7 (timeline) and F8 (diff) reach it."""
+        if action == "edit" and len(self.screen_stack) > 1:
+            return False
+        return super().check_action(action, parameters)
+
     def action_edit(self, part: str) -> None:
         """F7 (`part` "prompt") / F8 ("reply"): the selected turn's text into the prompt box."""
         if len(self.screen_stack) > 1 or self._refuse_while_busy():
