@@ -83,12 +83,12 @@ def test_textgen_in_tmux_prompt_regenerate_stop_quit(tmp_path):
         term.keys("Escape")
         term.wait_for(lambda s: "last: cancelled" in status_line(s), "Esc to stop it")
         term.keys("C-r")
-        term.wait_for(lambda s: "generating alternative 2" in s, "the regeneration to start")
-        time.sleep(2)
+        term.wait_for(lambda s: "generating alternative 2" in s and "tok/s" in status_line(s)
+                      and "– tok/s" not in status_line(s), "the regeneration's tokens")
         term.keys("Escape")
-        screen = term.wait_for(lambda s: "‹ 2/2 ›" in s and "last: cancelled" in status_line(s),
-                               "the second alternative to stop")
-        assert "The history of climate change research began" in screen
+        # (the prompt itself may have scrolled away by now: the saved session is checked below)
+        term.wait_for(lambda s: "‹ 2/2 ›" in s and "last: cancelled" in status_line(s),
+                      "the second alternative to stop")
         term.keys("M-Left")
         term.wait_for(lambda s: "‹ 1/2 ›" in s, "paging to the first alternative")
         term.keys("C-q")

@@ -193,8 +193,12 @@ def _requantize(gguf: Path, out: Path) -> None:
     the gguf's blocks to Q8_0, on every core, its per-tensor log silenced."""
     import ctypes
 
-    import llama_cpp
-    from llama_cpp import _logger
+    try:
+        import llama_cpp
+        from llama_cpp import _logger
+    except ImportError as exc:  # only the llama.cpp backend asks for this conversion
+        raise TextgenError("re-quantizing a gguf needs llama-cpp-python (`make setup` "
+                           "builds it)") from exc
 
     _logger.set_verbose(False)
     params = llama_cpp.llama_model_quantize_default_params()
