@@ -170,7 +170,7 @@ class TextgenBackend(Engine):
     def perplexity(self, ids: list[int]) -> float | None:
         if not hasattr(self.backend, "llm"):
             return None  # the transformers backend is the plain model: same number
-        return _llama_perplexity(self.backend.llm.model_path, ids, self.backend.llm.n_threads)
+        return llama_perplexity(self.backend.llm.model_path, ids, self.backend.llm.n_threads)
 
 
 class RawLlamaCpp(Engine):
@@ -224,13 +224,13 @@ def _windows(ids: list[int]) -> list[list[int]]:
     return [ids[i:i + WINDOW] for i in range(0, len(ids) - 1, WINDOW) if len(ids[i:i + WINDOW]) > 1]
 
 
-def _llama_perplexity(gguf: str, ids: list[int], threads: int) -> float:
+def llama_perplexity(gguf: str | Path, ids: list[int], threads: int) -> float:
     """The same windows, scored from llama.cpp's logits of every position."""
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(gguf, n_ctx=WINDOW, n_batch=WINDOW, n_threads=threads, logits_all=True,
-                verbose=False)
+    llm = Llama(str(gguf), n_ctx=WINDOW, n_batch=WINDOW, n_threads=threads,
+                n_threads_batch=threads, logits_all=True, verbose=False)
     nll, count = 0.0, 0
     for window in _windows(ids):
         llm.reset()

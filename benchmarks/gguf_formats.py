@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import math
 import statistics
 import sys
 import time
@@ -29,11 +28,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from benchmarks.engine_speed import llama_perplexity  # noqa: E402  (the same windows)
+
 PROMPT = b"The history of climate change research began in the early"
 FTYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "IQ4_NL": 25}
 DECODE_STEPS = 32
 PPL_TOKENS = 2048
-WINDOW = 512
 
 
 def format_file(name: str) -> Path:
@@ -101,29 +101,6 @@ def one_round(llm: Any, long_ids: dict[int, list[int]], out: dict[str, list[floa
         out.setdefault(f"prefill{size}_cpu", []).append(size / prefill.cpu)
 
 
-def perplexity(gguf: Path, ids: list[int], threads: int) -> float:
-    """The same windows as benchmarks/engine_speed.py, from llama.cpp's every-position logits."""
-    import numpy as np
-    from llama_cpp import Llama
-
-    llm = Llama(str(gguf), n_ctx=WINDOW, n_batch=WINDOW, n_threads=threads,
-                n_threads_batch=threads, logits_all=True, verbose=False)
-    nll, count = 0.0, 0
-    for start in range(0, len(ids) - 1, WINDOW):
-        window = ids[start:start + WINDOW]
-        if len(window) < 2:
-            continue
-        llm.reset()
-        llm.eval(window)
-        logits = np.asarray(llm.scores[: len(window) - 1], dtype=np.float64)  # (len-1, vocab)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
-        count += len(window) - 1
-    llm.close()
-    return math.exp(nll / count)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", default="Q4_1,Q8_0,Q4_0,IQ4_NL,F16")
@@ -152,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             one_round(llm, long_ids, results[name])
     for llm in llms.values():
         llm.close()
-    ppl = {name: perplexity(format_file(name), ids[:PPL_TOKENS], args.threads) for name in names}
+    ppl = {name: llama_perplexity(format_file(name), ids[:PPL_TOKENS], args.threads)
+           for name in names}
 
     def cell(name: str, key: str, digits: int = 0) -> str:
         wall, cpu = (statistics.median(results[name][k]) for k in (key, f"{key}_cpu"))
