@@ -15,10 +15,10 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from rich.console import RenderableType
 from textual import on, work
@@ -103,6 +103,8 @@ COMMAND_NAMES = {
     "reset_sampling": "Reset the sampling values to the preset",
 }
 
+
+T = TypeVar("T")  # what a conversation edit returns
 
 class ModelLoaded(Message):
     def __init__(self, spec: str, generator: Backend) -> None:
@@ -502,14 +504,10 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         self._draft = ""
 
     def _edit_reply(self, index: int, text: str) -> None:
-        try:
-            completion = self.conversation.edit_reply(index, text)
-        except TextgenError as exc:
-            self.notify(str(exc), severity="warning")
+        edited = self._apply_edit(index, lambda: self.conversation.edit_reply(index, text))
+        if edited is None:
             return
-        self._end_edit(restore=True)
-        views = self.transcript.sync(self.conversation.session.turns)
-        self.transcript.select(index, views)
+        completion, views = edited
         views[index].show()
         self._describe(views[index].turn)
         turn = views[index].turn
@@ -522,15 +520,23 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if self.conversation.generator is None:
             self.notify("The model is still loading; try again in a moment.", severity="warning")
             return
+        edited = self._apply_edit(index, lambda: self.conversation.edit(index, text))
+        if edited is not None:
+            stream, views = edited
+            self._begin("submit", views[index], stream, index)
+
+    def _apply_edit(self, index: int, edit: Callable[[], T]) -> tuple[T, list[TurnView]] | None:
+        """Run a conversation edit of turn `index`; on success end the edit and show the new
+        branch with that turn selected. A refusal is a warning and None."""
         try:
-            stream = self.conversation.edit(index, text)
+            result = edit()
         except TextgenError as exc:
             self.notify(str(exc), severity="warning")
-            return
+            return None
         self._end_edit(restore=True)
         views = self.transcript.sync(self.conversation.session.turns)
         self.transcript.select(index, views)
-        self._begin("submit", views[index], stream, index)
+        return result, views
 
     def _refuse_while_busy(self) -> bool:
         if self.job is not None:
