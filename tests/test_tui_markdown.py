@@ -83,3 +83,43 @@ async def test_markdown_streams_by_appending_and_complete_mode_stays_plain(scrip
         plain = app.transcript.last_view()
         assert plain.body.markdown is None and plain.body.plain.display
         assert str(plain.body.plain.render()).startswith("Once" + "".join(REPLY))
+
+
+@pytest.mark.parametrize(("source", "done"), [
+    ("Here it is:\n\nAnd **bo", "Here it is:\n\n"),
+    ("One\ntwo\n", ""),  # a paragraph (or list) goes on until a blank line
+    ("Intro\n\n```python\ndef f():\n\n    return 1\n", "Intro\n\n"),  # a blank line in a fence
+    ("```python\ndef f():\n```\nAfter", "```python\ndef f():\n```\n"),  # a closed fence
+    ("~~~\nx\n```\n", ""),  # a fence closes only with its own marker
+    ("", ""),
+])
+def test_a_streaming_source_splits_after_its_last_finished_block(source, done):
+    from repl.tui.message_body import split_finished
+
+    assert split_finished(source) == (done, source[len(done):])
+
+
+@pytest.mark.anyio
+async def test_the_block_being_written_streams_as_text_below_the_rendered_ones(scripted,
+                                                                               tmp_path):
+    backend = scripted(["Intro **one**\n\n```python\ndef f():\n", "    return 1\n"])
+    app = scripted_app(backend, tmp_path)
+    app.conversation.mode = "chat"
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        backend.hold = True
+        await pilot.press(*"hi", "enter")
+        await until(pilot, lambda: app.job is not None)
+        view = app.transcript.last_view()
+        # held after its first chunk: a finished paragraph and an open fence
+        await until(pilot, lambda: "def f():" in str(view.body.tail.render()))
+        assert view.body.markdown is not None
+        await until(pilot, lambda: view.body.markdown.source == "Intro **one**\n\n")
+        assert view.body.tail.display and "```python" in str(view.body.tail.render())
+        assert not view.body.query(MarkdownFence)  # the open fence is not rendered yet
+        backend.hold = False
+        backend.release()
+        await idle(pilot, app)
+        await until(pilot, lambda: view.body.query(MarkdownFence))
+        assert not view.body.tail.display  # the whole reply rendered once it ended
+        assert fence(view).code.rstrip() == "def f():\n    return 1"

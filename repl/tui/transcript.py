@@ -73,7 +73,7 @@ class TurnView(Vertical):
             self.live = ""
         self.live += text
         if self.body.is_markdown:
-            self.body.show_markdown(self.body_text())
+            self.body.show_markdown(self.body_text(), live=True)
             return False
         content = self.render_turn()
         # A new layout of the whole screen costs far more than wrapping this turn's text, and
@@ -98,7 +98,7 @@ class TurnView(Vertical):
             self.head.update(Content.assemble(("› ", "bold $accent"),
                                               (self.turn.prompt, "bold $accent")))
             self.meta.update(Content(self.meta_line()))
-            self.body.show_markdown(self.body_text())
+            self.body.show_markdown(self.body_text(), live=self.live is not None)
         else:
             self.remove_class("-markdown")
             self.body.show_plain(self.render_turn(coloured))
