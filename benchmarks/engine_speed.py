@@ -177,9 +177,9 @@ class RawLlamaCpp(Engine):
     """llama-cpp-python's own completion loop and sampler on the same gguf: the anchor."""
 
     def __init__(self, gguf: Path, threads: int) -> None:
-        from llama_cpp import Llama
+        from repl.engine.llama_open import open_llama
 
-        self.llm = Llama(str(gguf), n_ctx=0, n_threads=threads, n_threads_batch=threads,
+        self.llm = open_llama(gguf, n_ctx=0, n_threads=threads, n_threads_batch=threads,
                          verbose=False)  # n_ctx=0: the model's own context, as the backend
         self.label = f"llama.cpp itself ({_threads(threads)})"
 
@@ -227,9 +227,10 @@ def _windows(ids: list[int]) -> list[list[int]]:
 def llama_perplexity(gguf: str | Path, ids: list[int], threads: int) -> float:
     """The same windows, scored from llama.cpp's logits of every position."""
     import numpy as np
-    from llama_cpp import Llama
 
-    llm = Llama(str(gguf), n_ctx=WINDOW, n_batch=WINDOW, n_threads=threads,
+    from repl.engine.llama_open import open_llama
+
+    llm = open_llama(gguf, n_ctx=WINDOW, n_batch=WINDOW, n_threads=threads,
                 n_threads_batch=threads, logits_all=True, verbose=False)
     nll, count = 0.0, 0
     for window in _windows(ids):

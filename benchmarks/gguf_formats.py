@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                         default=ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1")
     args = parser.parse_args(argv)
 
-    from llama_cpp import Llama
+    from repl.engine.llama_open import open_llama
 
     names = args.formats.split(",")
     sizes = [int(size) for size in args.long.split(",") if size]
     text = (args.data_dir / "wiki.test.raw").read_text("utf-8")[:400_000]
-    llms = {name: Llama(str(format_file(name)), n_ctx=8192, n_batch=512, n_ubatch=512,
+    llms = {name: open_llama(format_file(name), n_ctx=8192, n_batch=512, n_ubatch=512,
                         n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
             for name in names}
     ids = next(iter(llms.values())).tokenize(text.encode(), add_bos=False)

@@ -212,3 +212,22 @@ def test_a_trim_notice_comes_first(tiny_llama):
     params = SamplingParams(max_new_tokens=8, seed=0)
     _, _, others = run(tiny_llama, GenerationRequest("word " * 400, params))
     assert isinstance(others[0], Notice) and "dropped" in others[0].message
+
+
+def test_amx_builds_open_models_without_extra_buffers(tiny_model_dir, monkeypatch):
+    """Where llama.cpp would run its AMX kernels (a segfault on some Xeons), models are opened
+    with extra buffer types off, the defaults are restored after, and the model still runs."""
+    import llama_cpp.llama as llama_module
+
+    from repl.engine import llama_open
+    from repl.engine.convert import gguf_model
+
+    gguf = gguf_model(str(tiny_model_dir)).gguf
+    defaults = llama_module.llama_cpp.llama_model_default_params
+    monkeypatch.setattr(llama_open, "build_has_amx", lambda: True)
+    llm = llama_open.open_llama(gguf, n_ctx=64, verbose=False)
+    assert llm.model_params.use_extra_bufts is False
+    assert llama_module.llama_cpp.llama_model_default_params is defaults
+    llm.eval(llm.tokenize(b"hello there"))  # the decode that crashed on the AMX path
+    monkeypatch.setattr(llama_open, "build_has_amx", lambda: False)
+    assert llama_open.open_llama(gguf, n_ctx=64, verbose=False).model_params.use_extra_bufts

@@ -334,12 +334,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _load_llama(model: GgufModel, threads: int) -> Any:
-    from llama_cpp import Llama
+    from repl.engine.llama_open import open_llama
 
     try:  # n_ctx=0: the context the model was trained with
-        return Llama(model_path=str(model.gguf), n_ctx=0, n_batch=PREFILL_CHUNK,
-                     n_ubatch=PREFILL_CHUNK, n_threads=threads, n_threads_batch=threads,
-                     logits_all=False, verbose=False)
+        return open_llama(model.gguf, n_ctx=0, n_batch=PREFILL_CHUNK,
+                          n_ubatch=PREFILL_CHUNK, n_threads=threads, n_threads_batch=threads,
+                          logits_all=False, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise TextgenError(f"{model.gguf}: llama.cpp cannot load it: {exc}") from exc
 
