@@ -110,6 +110,9 @@ def textgen_run(model_dir: Path, lines: list[str], steps: int, work: Path, round
                            save_steps=10_000, cache_dir=work / "cache", precision=precision)
     clock = step_clock()
     report = run_training(options, extra_callbacks=[clock]).report
+    log = options.output / "logs" / "train.jsonl"
+    losses = [record["loss"] for record in map(json.loads, log.read_text().splitlines())
+              if "loss" in record]
     wall = clock.seconds
     real = steps * BATCH * SEQ
     name = "textgen-train fp32" if precision == "fp32" else f"textgen-train {precision}" + (
@@ -117,7 +120,7 @@ def textgen_run(model_dir: Path, lines: list[str], steps: int, work: Path, round
     return {"trainer": name, "steps": steps, "real_tokens": real,
             "padding_tokens": 0, "wall_s": wall, "tokens_per_s": real / wall,
             "train_call_s": report["wall_time_s"],
-            "final_train_loss": report["final_train_loss"],
+            "final_train_loss": report["final_train_loss"], "losses": losses,
             "perplexity_after": report["validation"]["perplexity_after"]}
 
 
@@ -167,6 +170,14 @@ def print_table(rounds: dict[str, list[dict]], steps: int, count: int, lines: in
         print(f"{r['trainer']:<24} {r['steps']:>5} {r['real_tokens']:>12,} "
               f"{r['padding_tokens']:>8,} {r['wall_s']:>7.1f} {r['tokens_per_s']:>10,.0f} "
               f"{ratio:>10.2f}x {each:>20}")
+    shown = sorted({1, 2, 5, 10, steps // 2, steps} - {0})
+    print("train loss at step " + ", ".join(str(step) for step in shown) + " (same batches, "
+          "same dropout masks):")
+    for results in rounds.values():
+        r = median_round(results)
+        if "losses" in r:
+            print(f"  {r['trainer']:<24} " + "  ".join(
+                f"{r['losses'][step - 1]:.4f}" for step in shown if step <= len(r["losses"])))
     for results in rounds.values():
         r = median_round(results)
         if "final_train_loss" in r:

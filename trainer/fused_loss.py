@@ -13,6 +13,7 @@ transformers' `ForCausalLMLoss` (shifted labels, -100 ignored, summed then divid
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 # Rows of logits per chunk: 1024 x 50,257 fp32 is 200 MB, the most a chunk holds at once. CPU
@@ -59,10 +60,13 @@ def linear_cross_entropy(hidden: Any, weight: Any, targets: Any, divisor: Any,
     import torch
 
     divisor = torch.as_tensor(divisor, dtype=torch.float32, device=hidden.device)
-    return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, dtype)
+    return _function().apply(hidden, weight, targets, divisor, dtype)
 
 
-def _make_function() -> Any:
+@functools.cache
+def _function() -> Any:
+    """The autograd Function, built on first use so that importing this module needs no torch
+    (the CLI's --help and the TUI import the trainer's modules)."""
     import torch
 
     class LinearCrossEntropy(torch.autograd.Function):
@@ -121,18 +125,3 @@ def _forward(ctx: Any, hidden: Any, weight: Any, targets: Any, divisor: Any, dty
         ctx.save_for_backward(grad_hidden, grad_weight if ctx.needs_input_grad[1] else None)
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
     return total / divisor
-
-
-class _Lazy:
-    """Builds the autograd Function on first use, so importing this module needs no torch."""
-
-    _function: Any = None
-
-    @classmethod
-    def apply(cls, *args: Any) -> Any:
-        if cls._function is None:
-            cls._function = _make_function()
-        return cls._function.apply(*args)
-
-
-_LinearCrossEntropy = _Lazy
