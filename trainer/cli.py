@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--block-size", type=int, metavar="N",
                      help="tokens per training block (default: context up to 1024; 128 on CPU)")
     opt.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                     help="auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
+                     help="auto: bf16 on GPUs that have it, else fp16 on GPU; on CPU bf16 "
+                          "where it is native (AMX or AVX512-BF16: about 2x fp32, the head "
+                          "and its loss fused), else fp32. Weights, optimizer state and "
+                          "validation stay fp32; bf16 on other CPUs is emulated and slower")
     opt.add_argument("--eval-steps", type=int, metavar="N",
                      help="measure validation loss every N steps (default: at every "
                           "checkpoint, and before and after training)")

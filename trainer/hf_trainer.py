@@ -5,11 +5,15 @@
   run can continue from.
 - `evaluate` is the exact token-weighted validation loss: every rank scores its own blocks
   (none twice), the sums of per-token losses and the token counts are added over ranks, then
-  divided once. Under `torchrun` it equals the single-process number on the same blocks.
+  divided once. Under `torchrun` it equals the single-process number on the same blocks. On
+  CPU it runs in fp32 whatever the training precision, so it is the number `textgen-train eval`
+  gives for the saved (fp32) weights, and fp32 and bf16 runs compare on the same scale.
+- `compute_loss` fuses the head with its loss for bf16 on CPU (trainer/fused_loss.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from pathlib import Path
@@ -22,11 +26,26 @@ from trainer.callbacks import RunState
 
 
 class TextgenTrainer(Trainer):
-    def __init__(self, *args: Any, run_state: RunState, progress: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run_state: RunState, progress: bool,
+                 fused_loss: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.run_state = run_state
         self.progress = progress
+        self.fused_loss = fused_loss
         self._staging: str | None = None
+
+    # ------------------------------------------------------------ loss
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """bf16 on CPU: the head fused with its loss (trainer/fused_loss.py), the same value
+        transformers computes, normalised the same way (by `num_items_in_batch`)."""
+        if not (self.fused_loss and model.training and not return_outputs
+                and "labels" in inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from trainer.fused_loss import causal_lm_loss
+
+        return causal_lm_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -90,7 +109,9 @@ class TextgenTrainer(Trainer):
                         disable=not (self.progress and self.is_world_process_zero()),
                         dynamic_ncols=True)
         try:
-            with torch.no_grad(), self.accelerator.autocast():
+            autocast = self.accelerator.autocast() if device.type != "cpu" else \
+                contextlib.nullcontext()
+            with torch.no_grad(), autocast:
                 for start in range(0, len(mine), batch):
                     ids = torch.stack([dataset[i]["input_ids"]
                                        for i in mine[start:start + batch]]).to(device)

@@ -19,6 +19,7 @@ from typing import Any
 
 from repl.errors import TextgenError
 from trainer.checkpoints import CheckpointScan, scan_checkpoints
+from trainer.cpu_features import native_bf16
 from trainer.data import DataSpec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -168,6 +169,9 @@ class TrainPlan:
     clear_output: bool  # an old run to remove once the new one's input checks out
     checkpoints_found: CheckpointScan
     block_size: int = 0  # set by fit_to_model
+    # bf16 on CPU with a plain linear head: the head and its loss run fused
+    # (trainer/fused_loss.py); set by fit_to_model.
+    fused_loss: bool = False
 
     @property
     def main_process(self) -> bool:
@@ -201,8 +205,12 @@ class TrainPlan:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.options.grad_accum * self.block_size * self.world
 
-    def fit_to_model(self, context: int | None) -> None:
-        """Settle the block size: the flag, or the context up to the device's default."""
+    def fit_to_model(self, context: int | None, plain_head: bool = False) -> None:
+        """Settle the block size (the flag, or the context up to the device's default) and
+        whether the head's loss runs fused (bf16 on CPU, a plain head, no LoRA, one process:
+        under DDP the loss must go through the wrapped model's forward)."""
+        self.fused_loss = (plain_head and self.precision == "bf16" and not self.cuda
+                           and not self.lora and self.world == 1)
         wanted = self.options.block_size
         if wanted is None:
             wanted = min(context or GPU_BLOCK_SIZE, GPU_BLOCK_SIZE if self.cuda else CPU_BLOCK_SIZE)
@@ -220,11 +228,14 @@ class TrainPlan:
 
 
 def resolve_precision(precision: str, cuda: bool, bf16_ok: bool) -> str:
-    """auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU."""
+    """auto: bf16 on GPUs that have it, else fp16 on GPU; on CPU bf16 where the CPU does bf16
+    natively (`bf16_ok`: AMX or AVX512-BF16, trainer/cpu_features.py), else fp32."""
     if precision not in PRECISIONS:
         raise TextgenError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}.")
     if precision == "auto":
-        return ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
+        if cuda:
+            return "bf16" if bf16_ok else "fp16"
+        return "bf16" if bf16_ok else "fp32"
     if precision == "fp16" and not cuda:
         raise TextgenError("--precision fp16 needs a GPU; on CPU use fp32 or bf16.")
     return precision
@@ -240,7 +251,7 @@ def make_plan(options: TrainOptions) -> TrainPlan:
         raise TextgenError("--qlora (4-bit base weights through bitsandbytes) runs on a CUDA "
                            "GPU only; on CPU use --lora.")
     precision = resolve_precision(options.precision, cuda,
-                                  cuda and torch.cuda.is_bf16_supported())
+                                  torch.cuda.is_bf16_supported() if cuda else native_bf16())
     rank = int(os.environ.get("RANK", "0"))
     found = scan_checkpoints(options.output / "checkpoints")
     clear = check_output(options, found) if rank == 0 else False
