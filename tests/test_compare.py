@@ -89,7 +89,7 @@ async def test_compare_two_models(tiny_loaded, tmp_path):
         left, right = app.conversation.session.turns[-1].completions
         assert left.model == tiny_loaded.info.spec and right.model == str(other)
         assert left.params == right.params and left.text != right.text
-        assert str(other) in app.__dict__["compare_models"]  # kept for the next comparison
+        assert str(other) in app.controller.compare_models  # kept for the next comparison
 
 
 @pytest.mark.anyio

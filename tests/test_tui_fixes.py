@@ -30,7 +30,7 @@ def scripted_app(backend, tmp_path: Path, **params) -> TextgenApp:
     params.setdefault("seed", 7)
     params.setdefault("max_new_tokens", 12)
     app = TextgenApp("scripted", sessions_dir=tmp_path, params=SamplingParams(**params))
-    app.open_model = lambda spec: backend  # the app's one way to open a model
+    app.controller.open_model = lambda spec: backend  # the app's one way to open a model
     return app
 
 

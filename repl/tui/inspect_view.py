@@ -10,8 +10,7 @@ token is put in its place and the rest is sampled as a new alternative of the tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -21,78 +20,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from repl.session import Completion
-from repl.token_probs import BANDS, TokenStep, band_style, token_spans, token_text
+from repl.token_probs import band_style, token_text
+from repl.tui.token_colours import Piece, coloured, legend, pieces
 
-if TYPE_CHECKING:
-    from repl.tui.transcript import TurnView
+__all__ = ["Choice", "InspectScreen", "Piece", "coloured", "legend", "pieces"]
 
 Choice = tuple[int, int, int]  # (segment, token index, forced token id)
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One generated token of a completion and where its text is."""
-
-    segment: int  # which recorded generation (0: the first, then continuations)
-    index: int  # token index within that generation
-    start: int
-    end: int
-    step: TokenStep
-
-
-def pieces(completion: Completion, tokenizer: Any) -> list[Piece]:
-    """Every recorded token of a completion with its character span, in text order."""
-    out: list[Piece] = []
-    text = completion.text
-    traces = completion.traces
-    for segment, (start, trace) in enumerate(traces):
-        end = traces[segment + 1][0] if segment + 1 < len(traces) else len(text)
-        steps = trace.snapshot()
-        spans = token_spans(tokenizer, [s.token_id for s in steps], text[start:end])
-        out += [Piece(segment, i, start + a, start + b, step)
-                for i, (step, (a, b)) in enumerate(zip(steps, spans, strict=True))]
-    return out
-
-
-def coloured(text: str, parts: list[Piece], cursor: int | None = None) -> Content:
-    """`text` with each token's span styled by its probability band (the cursor reversed)."""
-    assembled: list[str | tuple[str, str]] = []
-    at = 0
-    for number, piece in enumerate(parts):
-        if piece.end <= piece.start:
-            continue
-        if piece.start > at:
-            assembled.append(text[at:piece.start])
-        style = band_style(piece.step.prob)
-        if number == cursor:
-            style += " reverse"
-        assembled.append((text[piece.start:piece.end], style))
-        at = piece.end
-    assembled.append(text[at:])
-    return Content.assemble(*assembled)
-
-
-def legend() -> Content:
-    parts: list[str | tuple[str, str]] = ["p: "]
-    for _, style, label in BANDS:
-        parts += [("■", style), f"{label} "]
-    return Content.assemble(*parts)
-
-
-def inspect_body(view: TurnView) -> Content | None:
-    """The coloured completion of a turn view while inspect mode is on, else None."""
-    try:
-        app = view.app
-    except Exception:  # not mounted in an app yet
-        return None
-    completion = view.turn.completion
-    if not getattr(app, "inspect_on", False) or completion is None or view.live is not None \
-            or not completion.traces:
-        return None
-    tokenizer = app.tokenizer_for(completion)
-    if tokenizer is None:
-        return None
-    return coloured(completion.text, pieces(completion, tokenizer))
 
 
 class InspectScreen(Screen[Choice | None]):
@@ -188,65 +121,3 @@ class InspectScreen(Screen[Choice | None]):
         piece = self.piece
         if piece is not None:
             self.dismiss((piece.segment, piece.index, self.rows[self.row]))
-
-
-class InspectActions:
-    """The app's inspect actions (mixed into TextgenApp)."""
-
-    inspect_on = False
-
-    def tokenizer_for(self, completion: Completion) -> Any:
-        """The tokenizer of the model that made `completion`, if that model is loaded."""
-        generator = self.conversation.generator  # type: ignore[attr-defined]
-        if generator is None or generator.info.spec != completion.model:
-            return None
-        return generator.tokenizer
-
-    def action_toggle_inspect(self) -> None:
-        self.inspect_on = not self.inspect_on
-        self.conversation.inspect = self.inspect_on  # type: ignore[attr-defined]
-        self.status.legend = legend() if self.inspect_on else ""  # type: ignore[attr-defined]
-        from repl.tui.transcript import TurnView
-
-        for view in self.query(TurnView):  # type: ignore[attr-defined]
-            view.show()
-        self.notify(  # type: ignore[attr-defined]
-            "Inspect on: new generations record each token's probability; F3 shows a "
-            "token's alternatives." if self.inspect_on else "Inspect off.")
-
-    def action_inspect_tokens(self) -> None:
-        app: Any = self
-        if app._refuse_while_busy():
-            return
-        turn = app.conversation.last_turn
-        completion = turn.completion if turn is not None else None
-        if completion is None:
-            app.notify("Nothing to inspect yet; submit a prompt first.", severity="warning")
-            return
-        tokenizer = self.tokenizer_for(completion)
-        if tokenizer is not None and completion.traces and not any(
-                trace.snapshot() for _, trace in completion.traces):
-            # Traced, yet empty: a remote server (repl/engine/remote.py) that sends no logprobs.
-            app.notify("This server returns no token probabilities, so there is nothing to "
-                       "inspect.", severity="warning")
-            return
-        if not completion.traces or tokenizer is None:
-            app.notify("No token probabilities for this text: F2 turns inspect on, then "
-                       "Ctrl+R generates an alternative with them.", severity="warning")
-            return
-        index = turn.selected
-        title = (f"Tokens of alternative {index + 1}/{len(turn.completions)} · ←/→ token · "
-                 "↑/↓ alternative · Enter forces it and resamples the rest · Esc back")
-
-        def chosen(choice: Choice | None) -> None:
-            if choice is None or app._refuse_while_busy():
-                return
-            try:
-                stream = app.conversation.force(-1, index, *choice)
-            except Exception as exc:  # TextgenError or ValueError: one line, nothing lost
-                app.notify(str(exc), severity="warning")
-                return
-            view = app.transcript.last_view()
-            app._begin("regenerate", view, stream)
-
-        app.push_screen(InspectScreen(completion, tokenizer, title), chosen)
