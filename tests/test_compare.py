@@ -9,7 +9,7 @@ from textual.widgets import Input, Static
 
 from repl.params import SamplingParams
 from repl.session import VERSION, Session, load_session
-from repl.tui.compare import CompareScreen, parse_side_params
+from repl.tui.screens.compare import CompareScreen, parse_side_params
 from tests.test_tui import idle, make_app, submit, until
 from tests.tiny_models import save_random_gpt2
 

@@ -45,18 +45,18 @@ from repl.session import (
 from repl.settings import Settings, load_settings, save_settings, settings_path
 from repl.tui import served
 from repl.tui.clipboard import system_copy, write_copy
-from repl.tui.compare import CompareScreen
 from repl.tui.controller import Controller, Job, error_text
-from repl.tui.footer import FittingFooter
 from repl.tui.history import PromptHistory, history_path
-from repl.tui.inspect_view import Choice, InspectScreen, legend
-from repl.tui.prompt import PromptInput
-from repl.tui.quit_dialog import QuitTrainingScreen
-from repl.tui.sampling import SamplingPanel
-from repl.tui.screens import HelpScreen, ModelScreen
-from repl.tui.status import StatusBar
-from repl.tui.train_screen import TrainingRun, TrainScreen
-from repl.tui.transcript import Transcript, TurnView
+from repl.tui.screens.compare import CompareScreen
+from repl.tui.screens.dialogs import HelpScreen, ModelScreen
+from repl.tui.screens.inspect_view import Choice, InspectScreen, legend
+from repl.tui.screens.quit_dialog import QuitTrainingScreen
+from repl.tui.screens.train_screen import TrainingRun, TrainScreen
+from repl.tui.widgets.footer import FittingFooter
+from repl.tui.widgets.prompt import PromptInput
+from repl.tui.widgets.sampling import SamplingPanel
+from repl.tui.widgets.status import StatusBar
+from repl.tui.widgets.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
     from repl.models import LoadedModel
@@ -814,7 +814,7 @@ class TextgenApp(App[int]):
     def action_open_session(self) -> None:
         if len(self.screen_stack) > 1 or self._refuse_while_busy():
             return  # F6 is a priority key: it reaches here from the other screens too
-        from repl.tui.session_picker import SessionPickerScreen
+        from repl.tui.screens.session_picker import SessionPickerScreen
 
         def chosen(path: Path | None) -> None:
             if path is not None:

@@ -15,8 +15,8 @@ from textual.content import Content
 from textual.widgets import Static
 
 from repl.session import EDITED, Turn
-from repl.tui.message_body import MessageBody
 from repl.tui.token_colours import TokenizerFor, coloured, pieces
+from repl.tui.widgets.message_body import MessageBody
 
 WELCOME = ("Write a prompt below and press Enter. The model continues your text "
            "(complete mode) or answers it (chat mode, Ctrl+T). F1 lists every key.")

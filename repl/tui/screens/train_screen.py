@@ -7,7 +7,7 @@ and its output lines, and plots loss, validation perplexity and tokens/s as spar
 sends the trainer SIGINT, on which it saves a checkpoint and stops (exit status 130). Beside the
 plots, the greedy samples the trainer generates at every evaluation (trainer/samples.py), the
 newest first. When it has finished, Ctrl+L loads the new model into the chat, F4 opens it in the
-compare view, F7 shows its timeline and F8 what it changed (repl/tui/run_views.py).
+compare view, F7 shows its timeline and F8 what it changed (repl/tui/screens/run_views.py).
 The screen keeps running while hidden (Esc), so F5 comes back to the same run.
 """
 
@@ -38,7 +38,7 @@ from textual.widgets import Footer, Input, Label, Log, Sparkline, Static
 
 from repl import paths
 from repl.safe_text import neutralise
-from repl.tui.run_views import (
+from repl.tui.screens.run_views import (
     DiffScreen,
     TimelineScreen,
     TrainerCommandError,
