@@ -2,8 +2,9 @@
 
 The app draws its first screen before torch is imported: the model loads in a thread worker and
 the status bar says "loading model" until it is ready. Each generation runs in a thread worker
-that consumes the `Conversation` stream; the UI takes the accumulated text 30 times a second.
-Every action records into the session and autosaves through `Conversation`.
+in which the `Controller` (repl/tui/controller.py, no Textual) consumes the `Conversation`
+stream; the UI takes the accumulated text 30 times a second. Every action records into the
+session and autosaves through `Conversation`.
 """
 
 from __future__ import annotations
