@@ -9,7 +9,7 @@ from textual.widgets import Input, Static
 
 from repl.params import SamplingParams
 from repl.session import VERSION, Session, load_session
-from repl.tui.compare import CompareScreen, parse_side_params
+from repl.tui.screens.compare import CompareScreen, parse_side_params
 from tests.test_tui import idle, make_app, submit, until
 from tests.tiny_models import save_random_gpt2
 
@@ -89,7 +89,7 @@ async def test_compare_two_models(tiny_loaded, tmp_path):
         left, right = app.conversation.session.turns[-1].completions
         assert left.model == tiny_loaded.info.spec and right.model == str(other)
         assert left.params == right.params and left.text != right.text
-        assert str(other) in app.__dict__["compare_models"]  # kept for the next comparison
+        assert str(other) in app.controller.compare_models  # kept for the next comparison
 
 
 @pytest.mark.anyio

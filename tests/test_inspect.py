@@ -10,7 +10,7 @@ from repl.engine import Backend, GenerationRequest, Generator
 from repl.params import SamplingParams
 from repl.session import Session, load_session
 from repl.token_probs import TokenTrace, token_spans
-from repl.tui.inspect_view import InspectScreen, inspect_body
+from repl.tui.screens.inspect_view import InspectScreen
 from tests.test_tui import SIZE, idle, make_app, submit, until
 
 PLAIN = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
@@ -157,7 +157,7 @@ async def test_f2_colours_tokens_and_f3_forces_an_alternative(tiny_loaded, tmp_p
         assert load_session(app.conversation.path).turns[0].completions[1].forced is not None
         await pilot.press("f2")
         assert not app.conversation.inspect and app.status.legend == ""
-        assert inspect_body(app.transcript.last_view()) is None
+        assert app.transcript.last_view().inspect_colours() is None
 
 
 @pytest.mark.anyio
@@ -195,7 +195,7 @@ def anyio_backend() -> str:
 
 
 def test_continuations_are_traced_and_can_be_forced(tiny_loaded, tmp_path):
-    from repl.tui.inspect_view import pieces
+    from repl.tui.screens.inspect_view import pieces
 
     generator = Generator(tiny_loaded)
     conversation = Conversation(Session(model={"spec": "t", "name": "t"}, params=SamplingParams(

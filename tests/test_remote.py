@@ -134,7 +134,7 @@ def test_the_plain_repl_drives_a_url(server, keyed, tmp_path, monkeypatch, capsy
 @pytest.mark.anyio
 async def test_the_tui_streams_from_a_url_and_inspects_its_tokens(server, tmp_path):
     from repl.tui.app import TextgenApp
-    from repl.tui.inspect_view import InspectScreen
+    from repl.tui.screens.inspect_view import InspectScreen
     from tests.test_tui import SIZE, submit, until
 
     app = TextgenApp(server.url, sessions_dir=tmp_path, api_key=KEY,
@@ -224,7 +224,7 @@ def no_probs_url():
 @pytest.mark.anyio
 async def test_f3_says_when_the_server_returns_no_probabilities(no_probs_url, tmp_path):
     from repl.tui.app import TextgenApp
-    from repl.tui.inspect_view import InspectScreen
+    from repl.tui.screens.inspect_view import InspectScreen
     from tests.test_tui import SIZE, submit, until
 
     backend = open_backend(no_probs_url)

@@ -11,8 +11,8 @@ import pytest
 from textual.containers import VerticalScroll
 from textual.widgets import Input, Sparkline, Static
 
-from repl.tui.run_views import DiffScreen, TimelineScreen, coloured_pieces, diff_text_args
-from repl.tui.train_screen import RunLog, TrainScreen, samples_content
+from repl.tui.screens.run_views import DiffScreen, TimelineScreen, coloured_pieces, diff_text_args
+from repl.tui.screens.train_screen import RunLog, TrainScreen, samples_content
 from tests.test_timeline import make_run
 from tests.test_train_screen import open_trainer
 from tests.test_tui import make_app, until

@@ -12,10 +12,10 @@ from textual.widgets import Input, OptionList
 
 from repl.serve.policy import ENV_VAR, ServedPolicy
 from repl.session import save_session, session_filename
-from repl.tui.compare import CompareScreen
-from repl.tui.screens import ModelScreen
-from repl.tui.session_picker import SessionPickerScreen, session_options
-from repl.tui.train_screen import TrainScreen
+from repl.tui.screens.compare import CompareScreen
+from repl.tui.screens.dialogs import ModelScreen
+from repl.tui.screens.session_picker import SessionPickerScreen, session_options
+from repl.tui.screens.train_screen import TrainScreen
 from tests.session_factories import sample_session
 from tests.test_tui import make_app, until
 

@@ -9,7 +9,7 @@ from textual.app import App
 from textual.widgets import OptionList
 
 from repl.session import save_session, session_filename
-from repl.tui.session_picker import SessionPickerScreen
+from repl.tui.screens.session_picker import SessionPickerScreen
 from tests.session_factories import sample_session
 
 

@@ -27,7 +27,7 @@ def launch(backend, tmp_path: Path, *flags: str) -> TextgenApp:
     """The app `textgen FLAGS` would open, on the scripted backend."""
     args = build_parser().parse_args([*flags, "--sessions-dir", str(tmp_path / "sessions")])
     app = build_app(args)
-    app.open_model = lambda spec: backend
+    app.controller.open_model = lambda spec: backend
     return app
 
 

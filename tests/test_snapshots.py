@@ -121,8 +121,8 @@ def test_snapshot_compare_screen(snap_compare, scripted, here):
 
 
 def test_snapshot_trainer_and_quit_dialog(snap_compare, scripted, here):
-    from repl.tui.quit_dialog import QuitTrainingScreen
-    from repl.tui.train_screen import TrainScreen
+    from repl.tui.screens.quit_dialog import QuitTrainingScreen
+    from repl.tui.screens.train_screen import TrainScreen
 
     app = app_for(scripted())
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Sparkline, Static
 
-from repl.tui.run_views import TimelineScreen
-from repl.tui.train_screen import TrainScreen, train_command
+from repl.tui.screens.run_views import TimelineScreen
+from repl.tui.screens.train_screen import TrainScreen, train_command
 from tests.test_tui import make_app, until
 
 

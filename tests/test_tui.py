@@ -15,8 +15,8 @@ from repl.engine import Generator
 from repl.params import SamplingParams
 from repl.session import Session, load_session
 from repl.tui.app import COMMAND_NAMES, TextgenApp
-from repl.tui.screens import HelpScreen, ModelScreen
-from repl.tui.transcript import TurnView
+from repl.tui.screens.dialogs import HelpScreen, ModelScreen
+from repl.tui.widgets.transcript import TurnView
 from tests import waiting
 
 SIZE = (100, 30)

@@ -14,8 +14,8 @@ from repl.params import SamplingParams
 from repl.session import Completion, Forced, Turn
 from repl.tui import app as app_module
 from repl.tui.app import TextgenApp
-from repl.tui.quit_dialog import QuitTrainingScreen
-from repl.tui.transcript import TurnView
+from repl.tui.screens.quit_dialog import QuitTrainingScreen
+from repl.tui.widgets.transcript import TurnView
 from tests import waiting
 
 SIZE = (100, 30)
@@ -30,7 +30,7 @@ def scripted_app(backend, tmp_path: Path, **params) -> TextgenApp:
     params.setdefault("seed", 7)
     params.setdefault("max_new_tokens", 12)
     app = TextgenApp("scripted", sessions_dir=tmp_path, params=SamplingParams(**params))
-    app.open_model = lambda spec: backend  # the app's one way to open a model
+    app.controller.open_model = lambda spec: backend  # the app's one way to open a model
     return app
 
 
@@ -207,7 +207,7 @@ async def test_copy_says_where_the_text_went(scripted, tmp_path, monkeypatch):
 
 @pytest.mark.anyio
 async def test_quitting_while_training_asks_and_stops_the_trainer(scripted, tmp_path):
-    from repl.tui.train_screen import TrainingRun, TrainScreen
+    from repl.tui.screens.train_screen import TrainingRun, TrainScreen
 
     app = scripted_app(scripted(), tmp_path)
     # A stand-in trainer: like textgen-train, SIGINT makes it write a checkpoint and exit.
@@ -311,7 +311,7 @@ async def test_model_dialog_shows_its_whole_help_and_lists_local_models(scripted
                                                                          monkeypatch):
     from textual.widgets import OptionList
 
-    from repl.tui.screens import ModelScreen
+    from repl.tui.screens.dialogs import ModelScreen
 
     models = tmp_path / "models"
     (models / "mine").mkdir(parents=True)
@@ -343,7 +343,7 @@ async def test_model_dialog_shows_its_whole_help_and_lists_local_models(scripted
 async def test_f6_picker_searches_prompts_and_completions(scripted, tmp_path):
     from textual.widgets import OptionList
 
-    from repl.tui.session_picker import SessionPickerScreen
+    from repl.tui.screens.session_picker import SessionPickerScreen
 
     backend = scripted(["a reply about otters"])
     app = scripted_app(backend, tmp_path)

@@ -94,7 +94,7 @@ async def test_markdown_streams_by_appending_and_complete_mode_stays_plain(scrip
     ("", ""),
 ])
 def test_a_streaming_source_splits_after_its_last_finished_block(source, done):
-    from repl.tui.message_body import split_finished
+    from repl.tui.widgets.message_body import split_finished
 
     assert split_finished(source) == (done, source[len(done):])
 

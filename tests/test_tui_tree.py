@@ -9,7 +9,7 @@ from textual.widgets import OptionList
 
 from repl.session import load_session
 from repl.tui.app import TextgenApp
-from repl.tui.session_picker import SessionPickerScreen
+from repl.tui.screens.session_picker import SessionPickerScreen
 from tests.test_tui_fixes import SIZE, idle, ready, scripted_app, submit, until
 
 

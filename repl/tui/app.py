@@ -2,8 +2,9 @@
 
 The app draws its first screen before torch is imported: the model loads in a thread worker and
 the status bar says "loading model" until it is ready. Each generation runs in a thread worker
-that consumes the `Conversation` stream; the UI takes the accumulated text 30 times a second.
-Every action records into the session and autosaves through `Conversation`.
+in which the `Controller` (repl/tui/controller.py, no Textual) consumes the `Conversation`
+stream; the UI takes the accumulated text 30 times a second. Every action records into the
+session and autosaves through `Conversation`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rich.console import RenderableType
 from textual import on, work
@@ -30,33 +32,32 @@ from textual.screen import Screen
 
 from repl.conversation import Conversation
 from repl.ending import EXIT_SIGNALS
-from repl.engine import (
-    Backend,
-    GenerationRequest,
-    GenerationStats,
-    Notice,
-    Progress,
-    StreamItem,
-    TransformersBackend,
-)
+from repl.engine import Backend, GenerationRequest, StreamItem, TransformersBackend
 from repl.errors import TextgenError
-from repl.options import use_chat_template
 from repl.params import DEFAULT_PRESET, PARAM_NAMES, PRESETS, SamplingParams
-from repl.session import Mode, Session, Turn, default_sessions_dir, load_session
+from repl.session import (
+    Completion,
+    Mode,
+    Session,
+    Turn,
+    default_sessions_dir,
+    load_session,
+)
 from repl.settings import Settings, load_settings, save_settings, settings_path
+from repl.tui import served
 from repl.tui.clipboard import system_copy, write_copy
-from repl.tui.compare import CompareActions
-from repl.tui.footer import FittingFooter
+from repl.tui.controller import Controller, Job, error_text
 from repl.tui.history import PromptHistory, history_path
-from repl.tui.inspect_view import InspectActions
-from repl.tui.job import Job
-from repl.tui.prompt import PromptInput
-from repl.tui.quit_dialog import QuitTrainingScreen
-from repl.tui.sampling import SamplingPanel
-from repl.tui.screens import HelpScreen, ModelScreen
-from repl.tui.status import StatusBar
-from repl.tui.train_screen import TrainActions, TrainingRun
-from repl.tui.transcript import Transcript, TurnView
+from repl.tui.screens.compare import CompareScreen
+from repl.tui.screens.dialogs import HelpScreen, ModelScreen
+from repl.tui.screens.inspect_view import Choice, InspectScreen, legend
+from repl.tui.screens.quit_dialog import QuitTrainingScreen
+from repl.tui.screens.train_screen import TrainingRun, TrainScreen
+from repl.tui.widgets.footer import FittingFooter
+from repl.tui.widgets.prompt import PromptInput
+from repl.tui.widgets.sampling import SamplingPanel
+from repl.tui.widgets.status import StatusBar
+from repl.tui.widgets.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
     from repl.models import LoadedModel
@@ -106,33 +107,29 @@ COMMAND_NAMES = {
 
 T = TypeVar("T")  # what a conversation edit returns
 
+@dataclass
 class ModelLoaded(Message):
-    def __init__(self, spec: str, generator: Backend) -> None:
-        super().__init__()
-        self.spec = spec
-        self.generator = generator
+    spec: str
+    generator: Backend
 
 
+@dataclass
 class ModelFailed(Message):
-    def __init__(self, spec: str, error: str) -> None:
-        super().__init__()
-        self.spec = spec
-        self.error = error
+    spec: str
+    error: str
 
 
+@dataclass
 class GenerationDone(Message):
-    def __init__(self, job: Job) -> None:
-        super().__init__()
-        self.job = job
+    job: Job
 
 
+@dataclass
 class GenerationNotice(Message):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
+    text: str
 
 
-class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
+class TextgenApp(App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "textgen"
     # Keys chosen to reach the app through tmux and ordinary terminals (checked with tmux
@@ -218,22 +215,22 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         # went wrong reading or writing them.
         self.settings_file = settings_file
         self.settings_note = settings_note
-        # --chat-template's text: used by the model the app starts with (it was given for it).
-        self.chat_template = (spec, chat_template) if chat_template else None
-        # How every model of this app is opened (the chat's, the switch's, compare's);
-        # api_key: for a URL spec's server (repl/engine/remote.py).
-        self.engine_options = {"device": device, "dtype": dtype, "backend": backend,
-                               "threads": threads, "api_key": api_key}
         self.loaded = loaded
         self.sessions_dir = sessions_dir
         if session is None:
             session = Session(model={"spec": spec, "name": spec},
                               params=params or SamplingParams())
-        self.conversation = Conversation(session, sessions_dir=sessions_dir, path=session_path,
-                                         mode=mode)
+        conversation = Conversation(session, sessions_dir=sessions_dir, path=session_path,
+                                    mode=mode)
         if system is not None:
-            self.conversation.system = system
-        self.job: Job | None = None
+            conversation.system = system
+        # The conversation, the one way models are opened (api_key: for a URL spec's server,
+        # repl/engine/remote.py; --chat-template: for the model the app starts with) and the
+        # running job live in the controller, which imports no Textual.
+        self.controller = Controller(
+            conversation, {"device": device, "dtype": dtype, "backend": backend,
+                           "threads": threads, "api_key": api_key},
+            (spec, chat_template) if chat_template else None)
         self.pending_generator: Backend | None = None
         self.quit_after_job = False
         self.exit_signal: int | None = None  # SIGTERM/SIGHUP ended the app
@@ -257,6 +254,15 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
                                 self.conversation.system, self.preset, id="sampling")
         yield StatusBar(id="status")
         yield FittingFooter(compact=True)
+
+    @property
+    def conversation(self) -> Conversation:
+        return self.controller.conversation
+
+    @property
+    def job(self) -> Job | None:
+        """The running generation, if any."""
+        return self.controller.job
 
     @property
     def transcript(self) -> Transcript:
@@ -291,7 +297,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         if self.loaded is not None:
             self._use_generator(TransformersBackend(self.loaded))
         else:
-            self._start_load(self.spec)
+            self.start_load(self.spec)
 
     def _catch_exit_signals(self) -> None:
         """SIGTERM and SIGHUP end the app like Ctrl+Q: a running generation is stopped and kept
@@ -313,7 +319,8 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
 
     # --- model loading ------------------------------------------------------------------------
 
-    def _start_load(self, spec: str) -> None:
+    def start_load(self, spec: str) -> None:
+        """Load `spec` in the background; the chat switches to it once it is ready."""
         if self.conversation.generator is None:
             self.status.model = f"loading model {spec} …"
         else:
@@ -331,22 +338,11 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def _load_model(self, spec: str) -> None:
         """Loader thread: torch and transformers are imported here, never on the UI thread."""
         try:
-            generator = self.open_model(spec)
-            if self.chat_template is not None and self.chat_template[0] == spec:
-                use_chat_template(generator, self.chat_template[1])
-            warm_up(generator)
+            generator = self.controller.load_model(spec)
         except Exception as exc:  # any failure is shown, the app keeps running
-            message = str(exc) if isinstance(exc, TextgenError | ValueError) else (
-                f"{type(exc).__name__}: {exc}")
-            self.post_message(ModelFailed(spec, message))
+            self.post_message(ModelFailed(spec, error_text(exc)))
             return
         self.post_message(ModelLoaded(spec, generator))
-
-    def open_model(self, spec: str) -> Backend:
-        """Load `spec` the one way this app loads models (call it from a worker thread)."""
-        from repl.engine import open_backend
-
-        return open_backend(spec, **self.engine_options)
 
     @on(ModelLoaded)
     def _model_loaded(self, message: ModelLoaded) -> None:
@@ -419,7 +415,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.prompt.clear()
         self.transcript.select(None)  # a new turn: the keys act on it
         view = self.transcript.add_turn(self.conversation.session.turns[-1])
-        self._begin("submit", view, stream)
+        self.begin("submit", view, stream)
 
     def action_regenerate(self) -> None:
         self._act("regenerate", self.conversation.regenerate)
@@ -442,7 +438,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         views = self.transcript.sync(self.conversation.session.turns)
         if views[index].turn is not before:
             kind = "submit"  # the first reply of the new branch's turn
-        self._begin(kind, views[index], stream, index)
+        self.begin(kind, views[index], stream, index)
 
     def _turn_index(self) -> int:
         """The turn the keys act on: the selected one (Alt+Up/Down), else the last."""
@@ -523,7 +519,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         edited = self._apply_edit(index, lambda: self.conversation.edit(index, text))
         if edited is not None:
             stream, views = edited
-            self._begin("submit", views[index], stream, index)
+            self.begin("submit", views[index], stream, index)
 
     def _apply_edit(self, index: int, edit: Callable[[], T]) -> tuple[T, list[TurnView]] | None:
         """Run a conversation edit of turn `index`; on success end the edit and show the new
@@ -566,75 +562,32 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         field.focus()
         return True
 
-    def _begin(self, kind: str, view: TurnView, stream: Iterator[StreamItem],
-               index: int = -1) -> None:
-        self.job = Job(kind=kind, view=view)
+    def begin(self, kind: str, view: TurnView, stream: Iterator[StreamItem],
+              index: int = -1) -> None:
+        """Show `stream` live in `view` while a worker reads it (the controller's job)."""
+        job = self.controller.begin(kind, view)
         view.start_live(kind)
         self.status.busy = "generating · Esc stops"
         self.status.tokens_per_s = None
         self.status.finish = ""
         self._frame_timer.resume()
-        self._consume(stream, self.job, self._prompt_estimate(kind, index),
+        self._consume(stream, job, self.controller.prompt_estimate(kind, index),
                       self.conversation.last_request)
-
-    def _prompt_estimate(self, kind: str, index: int = -1) -> str:
-        """Text standing in for the prompt, to estimate the context used while generating."""
-        session = self.conversation.session
-        index %= len(session.turns)
-        turn = session.turns[index]
-        history = " ".join(m["content"] for m in session.chat_history(index)) \
-            if turn.mode == "chat" else ""
-        continuing = turn.completion.text if kind == "continue" and turn.completion else ""
-        return f"{history} {turn.prompt}{continuing}"
 
     @work(thread=True, group="generate", exit_on_error=False)
     def _consume(self, stream: Iterator[StreamItem], job: Job, prompt_text: str,
                  request: GenerationRequest | None = None) -> None:
-        """Worker thread: read the stream to its end; the Conversation records and saves."""
-        generator = self.conversation.generator
-        assert generator is not None
-        prompt_tokens = self._count(generator, prompt_text, request)
-        job.live_tokens = 0
-        job.prompt_tokens = prompt_tokens
+        """Worker thread: the controller reads the stream to its end; then the UI is told."""
         try:
-            for item in stream:
-                if job.cancel_requested:
-                    generator.cancel()  # Esc may come before the engine cleared its flag
-                if isinstance(item, str):
-                    # The streamer emits each token's text as soon as it is whole characters,
-                    # so chunks count tokens (re-tokenizing the text cost 4% of decode speed);
-                    # the final stats give the exact count.
-                    job.add(item)
-                    job.live_tokens += 1
-                elif isinstance(item, Progress):
-                    job.prefill = item
-                elif isinstance(item, Notice):
-                    self.post_message(GenerationNotice(item.message))
-                elif isinstance(item, GenerationStats):
-                    job.stats = item
-        except Exception as exc:  # shown to the user; the app keeps running
-            job.error = str(exc) if isinstance(exc, TextgenError | ValueError) else (
-                f"{type(exc).__name__}: {exc}")
+            self.controller.run_job(stream, job, prompt_text, request,
+                                    lambda text: self.post_message(GenerationNotice(text)))
         finally:
             self.post_message(GenerationDone(job))
-
-    @staticmethod
-    def _count(generator: Backend, text: str, request: GenerationRequest | None = None) -> int:
-        """The prompt's tokens as the backend encodes `request` (chat template included),
-        else the raw text's count."""
-        # An estimate only: never worth failing a generation for.
-        if request is not None:
-            with contextlib.suppress(Exception):
-                return len(generator.encode(request)[0])
-        try:
-            return generator.count_tokens(text)
-        except Exception:
-            return 0
 
     def _show_new_text(self) -> None:
         """UI thread, once a frame while generating: show the text that arrived."""
         job = self.job
-        if job is None:
+        if job is None or job.view is None:
             return
         text = job.take()
         if text:
@@ -668,8 +621,9 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         job = message.job
         self._show_new_text()
         self._frame_timer.pause()
-        self.job = None
-        job.view.end_live()
+        self.controller.end()
+        if job.view is not None:
+            job.view.end_live()
         self.status.busy = ""
         stats = job.stats
         if stats is not None:
@@ -693,9 +647,7 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             self.exit(0)
 
     def action_stop(self) -> None:
-        if self.job is not None:
-            self.job.cancel_requested = True
-            self.conversation.cancel()
+        if self.controller.stop():
             self.status.busy = "stopping …"
         elif self.editing is not None:
             self._end_edit(restore=True)
@@ -745,8 +697,9 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             return
         old.close()
         session = Session(model=dict(old.session.model), params=self.panel.params)
-        self.conversation = Conversation(session, old.generator, sessions_dir=self.sessions_dir,
-                                         mode=old.mode)
+        self.controller.conversation = Conversation(session, old.generator,
+                                                    sessions_dir=self.sessions_dir,
+                                                    mode=old.mode)
         self.conversation.inspect = old.inspect
         self.conversation.system = old.system  # a setting, like the params: it carries over
         await self.transcript.load([])
@@ -855,14 +808,14 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
     def action_switch_model(self) -> None:
         def chosen(spec: str | None) -> None:
             if spec:
-                self._start_load(spec)
+                self.start_load(spec)
 
         self.push_screen(ModelScreen(self.spec), chosen)
 
     def action_open_session(self) -> None:
         if len(self.screen_stack) > 1 or self._refuse_while_busy():
             return  # F6 is a priority key: it reaches here from the other screens too
-        from repl.tui.session_picker import SessionPickerScreen
+        from repl.tui.screens.session_picker import SessionPickerScreen
 
         def chosen(path: Path | None) -> None:
             if path is not None:
@@ -944,6 +897,105 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
         path = self.conversation.path
         self.status.saved = f"saved {path.name}" if path is not None and path.exists() else ""
 
+    # --- inspect (F2, F3), compare (F4), trainer (F5) ------------------------------------------
+
+    def tokenizer_for(self, completion: Completion) -> Any:
+        """The tokenizer of the model that made `completion`, if that model is loaded."""
+        generator = self.conversation.generator
+        if generator is None or generator.info.spec != completion.model:
+            return None
+        return generator.tokenizer
+
+    def action_toggle_inspect(self) -> None:
+        on = not self.conversation.inspect
+        self.conversation.inspect = on
+        self.status.legend = legend() if on else ""
+        self.transcript.set_inspect(self.tokenizer_for if on else None)
+        self.notify("Inspect on: new generations record each token's probability; F3 shows a "
+                    "token's alternatives." if on else "Inspect off.")
+
+    def action_inspect_tokens(self) -> None:
+        if self._refuse_while_busy():
+            return
+        turn = self.conversation.last_turn
+        completion = turn.completion if turn is not None else None
+        if turn is None or completion is None:
+            self.notify("Nothing to inspect yet; submit a prompt first.", severity="warning")
+            return
+        tokenizer = self.tokenizer_for(completion)
+        if tokenizer is not None and completion.traces and not any(
+                trace.snapshot() for _, trace in completion.traces):
+            # Traced, yet empty: a remote server (repl/engine/remote.py) that sends no logprobs.
+            self.notify("This server returns no token probabilities, so there is nothing to "
+                        "inspect.", severity="warning")
+            return
+        if not completion.traces or tokenizer is None:
+            self.notify("No token probabilities for this text: F2 turns inspect on, then "
+                        "Ctrl+R generates an alternative with them.", severity="warning")
+            return
+        index = turn.selected
+        title = (f"Tokens of alternative {index + 1}/{len(turn.completions)} · ←/→ token · "
+                 "↑/↓ alternative · Enter forces it and resamples the rest · Esc back")
+
+        def chosen(choice: Choice | None) -> None:
+            if choice is None or self._refuse_while_busy():
+                return
+            try:
+                stream = self.conversation.force(-1, index, *choice)
+            except Exception as exc:  # TextgenError or ValueError: one line, nothing lost
+                self.notify(str(exc), severity="warning")
+                return
+            view = self.transcript.last_view()
+            if view is not None:
+                self.begin("regenerate", view, stream)
+
+        self.push_screen(InspectScreen(completion, tokenizer, title), chosen)
+
+    def action_compare(self) -> None:
+        if self._refuse_while_busy():
+            return
+        if self.conversation.generator is None:
+            self.notify("The model is still loading; try again in a moment.", severity="warning")
+            return
+        self.open_compare()
+
+    def open_compare(self, right: str | None = None, right_params: str = "") -> None:
+        """Push the compare screen (the trainer screen asks for it with its new model on B)."""
+        last = self.conversation.last_turn
+        prompt = self.prompt.text or (last.prompt if last is not None else "")
+
+        def closed(_: None) -> None:
+            self.transcript.load(self.conversation.session.turns)
+            self._show_path()
+
+        self.push_screen(CompareScreen(self.controller, prompt, right=right,
+                                       right_params=right_params), closed)
+
+    def running_training(self) -> TrainingRun | None:
+        """The F5 trainer's run while its process is alive (quitting asks first)."""
+        if not self.is_screen_installed("train"):
+            return None
+        run = self.get_screen("train", TrainScreen).run
+        return run if run is not None and run.returncode is None else None
+
+    def action_train(self) -> None:
+        if refusal := served.training_refusal():
+            self.notify(refusal, title="Training is off", severity="error", timeout=10)
+            return
+        if not self.is_screen_installed("train"):  # installed: it lives on while hidden
+            generator = self.conversation.generator
+            model = generator.info.spec if generator is not None else self.spec
+            self.install_screen(TrainScreen(model), "train")
+        self.push_screen("train")
+
+    @on(TrainScreen.LoadModel)
+    def _load_trained(self, message: TrainScreen.LoadModel) -> None:
+        self.start_load(message.path)
+
+    @on(TrainScreen.CompareWith)
+    def _compare_trained(self, message: TrainScreen.CompareWith) -> None:
+        self.open_compare(right=message.path)
+
     # --- command palette ----------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -958,16 +1010,6 @@ class TextgenApp(InspectActions, CompareActions, TrainActions, App[int]):
             name = COMMAND_NAMES.get(binding.action, binding.description)
             yield SystemCommand(name, f"{binding.tooltip or binding.description} ({key})",
                                 partial(self.run_action, binding.action))
-
-
-def warm_up(generator: Backend) -> None:
-    """Generate two tokens, so the generation path's lazy imports and first-call set-up happen
-    here, in the loading worker, and not as a UI stall at the start of the user's first
-    generation (measured: ~0.7 s on a busy 2-core machine without it)."""
-    # Greedy: on llama.cpp it needs no torch, so the model is ready before torch is imported.
-    params = SamplingParams(max_new_tokens=2, seed=0, do_sample=False, temperature=0.0)
-    generator.generate(GenerationRequest(prompt="Hello", params=params))
-    generator.clear_cache()  # the user's first prompt starts from an empty cache
 
 
 def run(args: argparse.Namespace) -> int:

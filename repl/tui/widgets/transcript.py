@@ -15,8 +15,8 @@ from textual.content import Content
 from textual.widgets import Static
 
 from repl.session import EDITED, Turn
-from repl.tui.inspect_view import inspect_body
-from repl.tui.message_body import MessageBody
+from repl.tui.token_colours import TokenizerFor, coloured, pieces
+from repl.tui.widgets.message_body import MessageBody
 
 WELCOME = ("Write a prompt below and press Enter. The model continues your text "
            "(complete mode) or answers it (chat mode, Ctrl+T). F1 lists every key.")
@@ -44,11 +44,13 @@ class TurnView(Vertical):
     }
     """
 
-    def __init__(self, turn: Turn, number: int, *, markdown: bool = False) -> None:
+    def __init__(self, turn: Turn, number: int, *, markdown: bool = False,
+                 inspect: TokenizerFor | None = None) -> None:
         super().__init__(classes=f"turn -{turn.mode}")
         self.turn = turn
         self.number = number
         self.markdown = markdown  # chat replies as Markdown (False: raw text)
+        self.inspect = inspect  # inspect mode (F2) on: where the tokens' tokenizer comes from
         self.live: str | None = None  # text generated so far by a running generation
         self.live_kind = ""  # submit | regenerate | continue
         self.head = Static(classes="turn-head")
@@ -91,8 +93,23 @@ class TurnView(Vertical):
         self.markdown = markdown
         self.show()
 
+    def set_inspect(self, inspect: TokenizerFor | None) -> None:
+        self.inspect = inspect
+        self.show()
+
+    def inspect_colours(self) -> Content | None:
+        """The completion coloured by token probability while inspect mode is on, else None."""
+        completion = self.turn.completion
+        if self.inspect is None or completion is None or self.live is not None \
+                or not completion.traces:
+            return None
+        tokenizer = self.inspect(completion)
+        if tokenizer is None:
+            return None
+        return coloured(completion.text, pieces(completion, tokenizer))
+
     def show(self) -> None:
-        coloured = inspect_body(self)  # inspect mode's colours are plain text
+        coloured = self.inspect_colours()  # inspect mode's colours are plain text
         if self.markdown and self.turn.mode == "chat" and coloured is None:
             self.add_class("-markdown")
             self.head.update(Content.assemble(("› ", "bold $accent"),
@@ -119,7 +136,7 @@ class TurnView(Vertical):
             parts += [("› ", "bold $accent"), (turn.prompt, "bold $accent"), "\n"]
         else:
             parts.append((turn.prompt, "bold $accent"))
-        parts.append(body or inspect_body(self) or self.body_text())  # coloured in inspect mode
+        parts.append(body or self.inspect_colours() or self.body_text())  # coloured in inspect mode
         if self.live is not None:
             parts.append(("▌", "$accent"))
         parts += ["\n", (self.meta_line(), "$text-muted")]
@@ -170,12 +187,23 @@ class Transcript(VerticalScroll):
         self.pinned = True
         self.selected: int | None = None  # the selected turn's index; None: the last turn
         self.markdown = markdown  # chat replies as Markdown; False: raw text
+        self.inspect: TokenizerFor | None = None  # inspect mode (F2): tokens coloured
 
     def set_markdown(self, markdown: bool) -> None:
         """Markdown or raw text for every chat reply, shown and to come."""
         self.markdown = markdown
         for view in self.views():
             view.set_markdown(markdown)
+
+    def set_inspect(self, inspect: TokenizerFor | None) -> None:
+        """Inspect mode on (`inspect`: the tokenizer of a completion's model) or off (None),
+        for every turn shown and to come."""
+        self.inspect = inspect
+        for view in self.views():
+            view.set_inspect(inspect)
+
+    def turn_view(self, turn: Turn, number: int) -> TurnView:
+        return TurnView(turn, number, markdown=self.markdown, inspect=self.inspect)
 
     def on_message_body_grew(self, message: MessageBody.Grew) -> None:
         message.stop()
@@ -210,14 +238,14 @@ class Transcript(VerticalScroll):
         if not turns:
             await self.mount(Static(WELCOME, classes="welcome"))
             return
-        await self.mount_all(TurnView(turn, i + 1, markdown=self.markdown)
+        await self.mount_all(self.turn_view(turn, i + 1)
                              for i, turn in enumerate(turns))
         self.follow()
 
     def add_turn(self, turn: Turn) -> TurnView:
         for welcome in self.query(".welcome"):
             welcome.remove()
-        view = TurnView(turn, len(self.views()) + 1, markdown=self.markdown)
+        view = self.turn_view(turn, len(self.views()) + 1)
         self.mount(view)
         self.follow()  # a new prompt always brings the view to the bottom
         return view
@@ -240,7 +268,7 @@ class Transcript(VerticalScroll):
             keep += 1
         for view in views[keep:]:
             view.remove()
-        fresh = [TurnView(turn, number, markdown=self.markdown)
+        fresh = [self.turn_view(turn, number)
                  for number, turn in enumerate(turns[keep:], keep + 1)]
         if fresh:
             self.mount_all(fresh)

@@ -7,7 +7,7 @@ and its output lines, and plots loss, validation perplexity and tokens/s as spar
 sends the trainer SIGINT, on which it saves a checkpoint and stops (exit status 130). Beside the
 plots, the greedy samples the trainer generates at every evaluation (trainer/samples.py), the
 newest first. When it has finished, Ctrl+L loads the new model into the chat, F4 opens it in the
-compare view, F7 shows its timeline and F8 what it changed (repl/tui/run_views.py).
+compare view, F7 shows its timeline and F8 what it changed (repl/tui/screens/run_views.py).
 The screen keeps running while hidden (Esc), so F5 comes back to the same run.
 """
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,13 +32,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Log, Sparkline, Static
 
 from repl import paths
 from repl.safe_text import neutralise
-from repl.tui import served
-from repl.tui.run_views import (
+from repl.tui.screens.run_views import (
     DiffScreen,
     TimelineScreen,
     TrainerCommandError,
@@ -185,6 +186,18 @@ def default_output() -> Path:
 
 
 class TrainScreen(Screen[None]):
+    @dataclass
+    class LoadModel(Message):
+        """Ctrl+L: load the finished model (`path`) into the chat."""
+
+        path: str
+
+    @dataclass
+    class CompareWith(Message):
+        """F4: compare the finished model (`path`, side B) with the chat's."""
+
+        path: str
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "start", "Start", tooltip="Start the fine-tune"),
         # priority: the inputs would otherwise take Ctrl+X as "cut"
@@ -377,16 +390,14 @@ class TrainScreen(Screen[None]):
     def action_load(self) -> None:
         output = self._need_finished()
         if output is not None:
-            app: Any = self.app
-            app.pop_screen()
-            app._start_load(str(output))
+            self.app.pop_screen()
+            self.app.post_message(self.LoadModel(str(output)))
 
     def action_compare(self) -> None:
         output = self._need_finished()
         if output is not None:
-            app: Any = self.app
-            app.pop_screen()
-            app.open_compare(right=str(output))
+            self.app.pop_screen()
+            self.app.post_message(self.CompareWith(str(output)))
 
     def selected_run(self) -> Path | None:
         """The run F7 / F8 look at: the one that just finished, else the output folder when it
@@ -431,26 +442,3 @@ class TrainScreen(Screen[None]):
         """On quit: cancel a running trainer so it saves its checkpoint."""
         if self.run is not None:
             self.run.cancel()
-
-
-class TrainActions:
-    """The app's trainer action (mixed into TextgenApp)."""
-
-    def running_training(self) -> TrainingRun | None:
-        """The F5 trainer's run while its process is alive (quitting asks first)."""
-        app: Any = self
-        if not app.is_screen_installed("train"):
-            return None
-        run = app.get_screen("train", TrainScreen).run
-        return run if run is not None and run.returncode is None else None
-
-    def action_train(self) -> None:
-        app: Any = self
-        if refusal := served.training_refusal():
-            app.notify(refusal, title="Training is off", severity="error", timeout=10)
-            return
-        if not app.is_screen_installed("train"):  # installed: it lives on while hidden
-            generator = app.conversation.generator
-            model = generator.info.spec if generator is not None else app.spec
-            app.install_screen(TrainScreen(model), "train")
-        app.push_screen("train")

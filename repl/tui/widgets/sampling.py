@@ -7,6 +7,8 @@ input and is not applied: the last valid parameters stay in force.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -79,22 +81,21 @@ class ParamValidator(Validator):
 class SamplingPanel(VerticalScroll):
     """Edits `params`; posts `Changed` with each valid change."""
 
+    @dataclass
     class Changed(Message):
-        def __init__(self, params: SamplingParams) -> None:
-            super().__init__()
-            self.params = params
+        """A field now holds a valid value: the params with it."""
 
+        params: SamplingParams
+
+    @dataclass
     class ModeChanged(Message):
-        def __init__(self, mode: Mode) -> None:
-            super().__init__()
-            self.mode = mode
+        mode: Mode
 
+    @dataclass
     class SystemChanged(Message):
         """The chat system prompt was edited ("" for none)."""
 
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
+        text: str
 
     def __init__(self, params: SamplingParams, mode: Mode = "complete", system: str = "",
                  preset: str = DEFAULT_PRESET, **kwargs) -> None:
@@ -226,9 +227,11 @@ class SamplingPanel(VerticalScroll):
     @on(Select.Changed, "#mode")
     def _mode_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if isinstance(event.value, str) and event.value != self.mode:
-            self.mode = event.value  # type: ignore[assignment]
-            self.post_message(self.ModeChanged(self.mode))
+        mode: Mode | None = "chat" if event.value == "chat" else (
+            "complete" if event.value == "complete" else None)  # the select offers these two
+        if mode is not None and mode != self.mode:
+            self.mode = mode
+            self.post_message(self.ModeChanged(mode))
 
     def _apply(self, params: SamplingParams) -> None:
         self.params = params

@@ -10,10 +10,8 @@ worker thread and kept for later comparisons.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -24,13 +22,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from repl.engine import Backend, GenerationStats, Notice
-from repl.errors import TextgenError
+from repl.engine import Backend
 from repl.params import PRESETS, SamplingParams
 from repl.tui import served
-
-if TYPE_CHECKING:
-    from repl.conversation import Conversation
+from repl.tui.controller import Controller, error_text
+from repl.tui.live import LiveText
 
 FRAME_S = 1 / 20
 
@@ -61,33 +57,14 @@ def describe(params: SamplingParams) -> str:
     return f"{sampling} · rep {params.repetition_penalty:g} · {params.max_new_tokens} tokens"
 
 
-@dataclass(eq=False)
-class SideBuffer:
-    """Text of one side, written by the worker and read by the UI each frame."""
-
-    title: str = ""
-    text: str = ""
-    meta: str = "waiting"
-    stats: GenerationStats | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, chunk: str) -> None:
-        with self._lock:
-            self.text += chunk
-
-    def read(self) -> tuple[str, str, str]:
-        with self._lock:
-            return self.title, self.text, self.meta
-
-
-class CompareDone(Message):
-    def __init__(self, error: str | None) -> None:
-        super().__init__()
-        self.error = error
-
-
 class CompareScreen(Screen[None]):
     """Two sides' settings on top, their outputs below in two panes."""
+
+    @dataclass
+    class Done(Message):
+        """The worker finished a comparison (`error`: why it failed, else None)."""
+
+        error: str | None
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "run", "Run", tooltip="Run the prompt on both sides"),
@@ -95,19 +72,17 @@ class CompareScreen(Screen[None]):
                 tooltip="Stop the running comparison; otherwise back to the chat"),
     ]
 
-    def __init__(self, conversation: Conversation, models: dict[str, Backend],
-                 open_model: Callable[[str], Backend], prompt: str = "",
+    def __init__(self, controller: Controller, prompt: str = "",
                  left: str | None = None, right: str | None = None,
                  right_params: str = "") -> None:
         super().__init__()
-        self.conversation = conversation
-        self.models = models  # spec -> opened backend, shared with the app
-        self.open_model = open_model  # the app's one way of opening a model
-        generator = conversation.generator
+        self.controller = controller  # opens the sides' models the app's one way
+        self.conversation = controller.conversation
+        generator = self.conversation.generator
         current = generator.info.spec if generator is not None else "default"
         self.initial = (prompt, left or current, right or current,
                         right_params or ("" if right and right != current else "greedy"))
-        self.buffers = [SideBuffer(), SideBuffer()]
+        self.buffers = [LiveText(), LiveText()]
         self.generators: list[Backend] = []
         self.running = False
         self.cancel_requested = False
@@ -162,7 +137,7 @@ class CompareScreen(Screen[None]):
             if refusal := served.model_refusal(spec):
                 self.notify(refusal, title="Not allowed here", severity="error", timeout=10)
                 return
-        self.buffers = [SideBuffer(title=f"{'AB'[i]} · {spec} · {describe(p)}",
+        self.buffers = [LiveText(title=f"{'AB'[i]} · {spec} · {describe(p)}",
                                    meta="loading model …") for i, (spec, p) in enumerate(sides)]
         self.running = True
         self.cancel_requested = False
@@ -171,39 +146,18 @@ class CompareScreen(Screen[None]):
 
     @work(thread=True, group="compare", exit_on_error=False)
     def _run(self, prompt: str, sides: list[tuple[str, SamplingParams]]) -> None:
-        """Worker thread: load what is missing, then stream both sides into their buffers."""
+        """Worker thread: the controller loads what is missing and streams both sides."""
         error = None
         try:
-            self.generators = [self._backend(spec) for spec, _ in sides]
-            for buffer in self.buffers:
-                buffer.meta = "waiting"
-            stream = self.conversation.compare(
-                prompt, list(zip(self.generators, [p for _, p in sides], strict=True)))
-            for side, item in stream:
-                if self.cancel_requested:  # Esc may come before a side's generation starts
-                    self.generators[side].cancel()
-                buffer = self.buffers[side]
-                if isinstance(item, str):
-                    buffer.meta = "generating … (Esc stops)"
-                    buffer.add(item)
-                elif isinstance(item, Notice):
-                    buffer.meta = item.message
-                elif isinstance(item, GenerationStats):
-                    buffer.stats = item
-                    buffer.meta = item.summary()
+            self.controller.run_compare(prompt, sides, self.buffers, self._opened,
+                                        lambda: self.cancel_requested)
         except Exception as exc:  # shown on the screen; the app keeps running
-            error = str(exc) if isinstance(exc, TextgenError | ValueError) else (
-                f"{type(exc).__name__}: {exc}")
+            error = error_text(exc)
         finally:
-            self.post_message(CompareDone(error))
+            self.post_message(self.Done(error))
 
-    def _backend(self, spec: str) -> Backend:
-        generator = self.conversation.generator
-        if generator is not None and spec == generator.info.spec:
-            return generator
-        if spec not in self.models:
-            self.models[spec] = self.open_model(spec)
-        return self.models[spec]
+    def _opened(self, generators: list[Backend]) -> None:
+        self.generators = generators  # Esc cancels them
 
     def _refresh_panes(self) -> None:
         for side, buffer in zip("AB", self.buffers, strict=True):
@@ -212,8 +166,8 @@ class CompareScreen(Screen[None]):
             self.query_one(f"#text-{side}", Static).update(Content(text))
             self.query_one(f"#meta-{side}", Static).update(Content.styled(meta, "$text-muted"))
 
-    @on(CompareDone)
-    def _done(self, message: CompareDone) -> None:
+    @on(Done)
+    def _done(self, message: Done) -> None:
         self.running = False
         self._timer.pause()
         self._refresh_panes()
@@ -229,30 +183,3 @@ class CompareScreen(Screen[None]):
                 generator.cancel()
             return
         self.dismiss(None)
-
-
-class CompareActions:
-    """The app's compare action (mixed into TextgenApp)."""
-
-    def action_compare(self) -> None:
-        app: Any = self
-        if app._refuse_while_busy():
-            return
-        if app.conversation.generator is None:
-            app.notify("The model is still loading; try again in a moment.", severity="warning")
-            return
-        self.open_compare()
-
-    def open_compare(self, right: str | None = None, right_params: str = "") -> None:
-        """Push the compare screen (the trainer screen opens it with its new model on B)."""
-        app: Any = self
-        models = app.__dict__.setdefault("compare_models", {})
-        last = app.conversation.last_turn
-        prompt = app.prompt.text or (last.prompt if last is not None else "")
-
-        def closed(_: None) -> None:
-            app.transcript.load(app.conversation.session.turns)
-            app._show_path()
-
-        app.push_screen(CompareScreen(app.conversation, models, app.open_model, prompt,
-                                      right=right, right_params=right_params), closed)

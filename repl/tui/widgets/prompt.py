@@ -5,6 +5,7 @@ page through earlier prompts (repl/tui/history.py); Down past the newest brings 
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.segment import Segment
@@ -32,11 +33,12 @@ class PromptInput(TextArea):
         Binding("ctrl+j", "newline", "New line", show=False),
     ]
 
+    @dataclass
     class Submitted(Message):
-        def __init__(self, prompt: PromptInput, text: str) -> None:
-            super().__init__()
-            self.prompt = prompt
-            self.text = text
+        """Enter: `text` is the prompt to run."""
+
+        prompt: PromptInput
+        text: str
 
     def __init__(self, prompts: PromptHistory | None = None, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
