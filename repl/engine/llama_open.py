@@ -20,21 +20,28 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from repl.errors import TextgenError
+
 _OPEN_LOCK = threading.Lock()
 
 
 @functools.cache
 def build_has_amx() -> bool:
     """Whether this llama.cpp build runs AMX kernels on this CPU (its system info says so)."""
-    import llama_cpp
-
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
     return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
 
 
 def open_llama(path: str | Path, **kwargs: Any) -> Any:
     """`llama_cpp.Llama(path, **kwargs)`, with extra buffer types off where AMX would run."""
-    import llama_cpp
-    import llama_cpp.llama as llama_module
+    try:  # an optional runtime: the backend only comes here once it has found it
+        import llama_cpp
+        import llama_cpp.llama as llama_module
+    except ImportError as exc:
+        raise TextgenError("llama.cpp is not installed (make setup installs it)") from exc
 
     if not build_has_amx():
         return llama_cpp.Llama(model_path=str(path), **kwargs)
