@@ -56,6 +56,14 @@ async def submit(pilot, app: TextgenApp, text: str = "Once") -> None:
     await idle(pilot, app)
 
 
+async def start_held(pilot, app: TextgenApp, backend, text: str = "hi") -> None:
+    """Submit `text` on a scripted backend that holds after its first chunk: on return a
+    generation is certainly running, until `backend.release()`."""
+    backend.hold = True
+    await pilot.press(*text, "enter")
+    await until(pilot, lambda: app.job is not None)
+
+
 def toasts(app: TextgenApp, text: str) -> int:
     return sum(text in n.message for n in app._notifications)
 
@@ -245,9 +253,7 @@ async def test_keys_pressed_during_a_generation_show_one_toast(scripted, tmp_pat
     app = scripted_app(backend, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        backend.hold = True
-        await pilot.press("a", "enter")
-        await until(pilot, lambda: app.job is not None)
+        await start_held(pilot, app, backend, "a")
         for _ in range(6):
             await pilot.press("ctrl+r")
         await pilot.press("ctrl+n", "alt+left")

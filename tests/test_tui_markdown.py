@@ -6,7 +6,7 @@ import pytest
 from textual.widgets import Markdown
 from textual.widgets._markdown import MarkdownFence
 
-from tests.test_tui_fixes import SIZE, idle, ready, scripted_app, submit, until
+from tests.test_tui_fixes import SIZE, idle, ready, scripted_app, start_held, submit, until
 
 REPLY = ["Here it is:\n\n", "```python\n", "def f():\n", "    return 1\n", "```\n",
          "\nAnd **bold**."]
@@ -64,9 +64,7 @@ async def test_markdown_streams_by_appending_and_complete_mode_stays_plain(scrip
     monkeypatch.setattr(Markdown, "update", counted_update)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        backend.hold = True
-        await pilot.press(*"hi", "enter")
-        await until(pilot, lambda: app.job is not None)
+        await start_held(pilot, app, backend)
         view = app.transcript.last_view()
         await until(pilot, lambda: view.body.markdown is not None
                     and view.body.markdown.source == REPLY[0])
@@ -107,9 +105,7 @@ async def test_the_block_being_written_streams_as_text_below_the_rendered_ones(s
     app.conversation.mode = "chat"
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        backend.hold = True
-        await pilot.press(*"hi", "enter")
-        await until(pilot, lambda: app.job is not None)
+        await start_held(pilot, app, backend)
         view = app.transcript.last_view()
         # held after its first chunk: a finished paragraph and an open fence
         await until(pilot, lambda: "def f():" in str(view.body.tail.render()))
