@@ -99,9 +99,14 @@ def default_gguf_path() -> Path:
                        "or pick another with --model.")
 
 
+def default_model_path() -> Path:
+    """Where the converted default model (safetensors) lives, converted or not."""
+    return paths.cache_dir() / f"{DEFAULT_NAME}-v{CONVERSION_VERSION}"
+
+
 def default_model_dir() -> Path:
     """The converted default model (safetensors), converting it first if needed (~20 s once)."""
-    target = paths.cache_dir() / f"{DEFAULT_NAME}-v{CONVERSION_VERSION}"
+    target = default_model_path()
     if not (target / "model.safetensors").is_file():
         convert_gguf(default_gguf_path(), target)
     return target

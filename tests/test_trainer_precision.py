@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from repl.engine.cpu_features import cpu_flags, native_bf16
 from repl.errors import TextgenError
 from trainer.cli import main
-from trainer.cpu_features import cpu_flags, native_bf16
 from trainer.data import DataSpec
 from trainer.plan import resolve_precision
 from trainer.train import TrainOptions, run_training

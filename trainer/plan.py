@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repl.engine.cpu_features import native_bf16
 from repl.errors import TextgenError
 from trainer.checkpoints import CheckpointScan, scan_checkpoints
-from trainer.cpu_features import native_bf16
 from trainer.data import DataSpec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -229,7 +229,7 @@ class TrainPlan:
 
 def resolve_precision(precision: str, cuda: bool, bf16_ok: bool) -> str:
     """auto: bf16 on GPUs that have it, else fp16 on GPU; on CPU bf16 where the CPU does bf16
-    natively (`bf16_ok`: AMX or AVX512-BF16, trainer/cpu_features.py), else fp32."""
+    natively (`bf16_ok`: AMX or AVX512-BF16, repl/engine/cpu_features.py), else fp32."""
     if precision not in PRECISIONS:
         raise TextgenError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}.")
     if precision == "auto":

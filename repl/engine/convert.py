@@ -57,6 +57,9 @@ class GgufModel:
     gguf: Path
     tokenizer_dir: Path
     name: str
+    # The safetensors folder the gguf was made from, when there is one (torch's long-prompt
+    # prefill, repl/engine/long_prefill.py, loads it).
+    source_dir: Path | None = None
 
 
 class NotConvertible(Exception):
@@ -81,7 +84,7 @@ def converter_script() -> Path | None:
 def gguf_model(spec: str, *, convert: bool = True) -> GgufModel:
     """The gguf and tokenizer for `spec`, converting once if needed (`convert=False` only
     checks that it could); NotConvertible with the reason when llama.cpp cannot take it."""
-    from repl.models import DEFAULT_NAME, default_gguf_path, resolve_spec
+    from repl.models import DEFAULT_NAME, default_gguf_path, default_model_path, resolve_spec
 
     kind, where = resolve_spec(spec)
     if kind == "hub":
@@ -95,7 +98,8 @@ def gguf_model(spec: str, *, convert: bool = True) -> GgufModel:
         prepared = _cached("gguf", [gguf], convert,
                            lambda staging: _prepare_gguf(gguf, staging), check="tokenizer.json")
         requantized = prepared / "model.gguf"
-        return GgufModel(requantized if requantized.is_file() else gguf, prepared, name)
+        return GgufModel(requantized if requantized.is_file() else gguf, prepared, name,
+                         default_model_path() if kind == "default" else None)
     folder = Path(where)
     config = json.loads((folder / "config.json").read_text("utf-8"))
     model_type = config.get("model_type", "?")
@@ -114,7 +118,7 @@ def gguf_model(spec: str, *, convert: bool = True) -> GgufModel:
         "model", sources, convert,
         lambda staging: _run_converter(script, folder, staging / "model.gguf"),
         check="model.gguf")
-    return GgufModel(converted / "model.gguf", folder, folder.resolve().name)
+    return GgufModel(converted / "model.gguf", folder, folder.resolve().name, folder)
 
 
 def _cached(kind: str, sources: list[Path], convert: bool,

@@ -11,7 +11,9 @@ it is an argmax, and torch is never imported for it.
 Prefix cache: the context keeps the KV of the tokens it last saw (`self.cached`). A request
 whose prompt starts with them (regenerate, continue, the next chat turn) drops only what
 differs and prefills the rest, in chunks of `n_batch` tokens with a `Progress` item after each,
-so a long prompt shows how far it is and Esc / Ctrl+C stops it between chunks.
+so a long prompt shows how far it is and Esc / Ctrl+C stops it between chunks. On CPUs with
+native bf16, a long prompt (MIN_TOKENS new tokens or more) is prefilled by torch instead, about
+4-6x faster here, and its KV cache handed to llama.cpp (repl/engine/long_prefill.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from repl.engine.request import (
     FinishReason,
     GenerationRequest,
     GenerationStats,
+    Notice,
     Progress,
     StopMatcher,
     StreamItem,
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from repl.engine.convert import GgufModel
+    from repl.engine.long_prefill import TorchPrefill
     from repl.params import SamplingParams
 
 PREFILL_CHUNK = 512  # tokens per prefill step: llama.cpp's default batch, and the progress unit
@@ -82,6 +86,8 @@ class LlamaCppBackend(Backend):
         self.fixed_threads: int | None = None  # --threads N; None: free cores, per generation
         self.max_threads = cpu.usable_cores()
         self.threads = self.max_threads  # what the context runs with now
+        self.long_prefill: TorchPrefill | None = None  # torch's prefill of long prompts
+        self._prefilled_by = ""  # what prefilled the current generation's prompt
 
     @classmethod
     def open(cls, spec: str, threads: int | None = None) -> LlamaCppBackend:
@@ -98,6 +104,9 @@ class LlamaCppBackend(Backend):
         eos = eos_ids(tokenizer.eos_token_id, *_generation_eos(model.tokenizer_dir))
         backend = cls(llm, tokenizer, info, eos)
         backend.fixed_threads, backend.max_threads, backend.threads = threads, most, most
+        from repl.engine.long_prefill import TorchPrefill
+
+        backend.long_prefill = TorchPrefill.for_source(model.source_dir)
         threading.Thread(target=backend._import_torch, daemon=True,
                          name="textgen-import-torch").start()
         return backend
@@ -191,18 +200,80 @@ class LlamaCppBackend(Backend):
             return len(ids), self._prompt_logits[1]
         reused = min(reused, len(ids) - 1)  # the last prompt token is evaluated for its logits
         self._truncate(reused)
-        todo = ids[reused:]
-        chunk = self.prefill_chunk
-        chunks = range(0, len(todo), chunk)
-        for start in chunks:
-            if self._cancel.is_set():
-                return None
-            self._eval(todo[start:start + chunk])
-            if len(chunks) > 1:
-                yield Progress(min(start + chunk, len(todo)), len(todo))
+        self._prefilled_by = ""
+        from repl.engine.long_prefill import MIN_TOKENS
+
+        if self.long_prefill is not None and len(ids) - reused >= MIN_TOKENS:
+            done = yield from self._prefill_torch(ids, reused)
+        else:
+            done = yield from self._prefill_llama(ids, reused)
+        if not done:
+            return None
         logits = self._last_logits().copy()
         self._prompt_logits = (list(ids), logits)
         return reused, logits
+
+    def _prefill_llama(self, ids: list[int], reused: int) -> Generator[Progress, None, bool]:
+        """llama.cpp prefills `ids` from what the context holds, in chunks; False if
+        cancelled. Progress counts from `reused` (what the request found cached)."""
+        total = len(ids) - reused
+        chunk = self.prefill_chunk
+        starts = range(len(self.cached), len(ids), chunk)
+        for start in starts:
+            if self._cancel.is_set():
+                return False
+            self._eval(ids[start:start + chunk])
+            if total > chunk:
+                yield Progress(min(start + chunk, len(ids)) - reused, total)
+        return True
+
+    def _prefill_torch(self, ids: list[int], reused: int
+                       ) -> Generator[Progress | Notice, None, bool]:
+        """torch prefills all but the last prompt token after the cached prefix and hands the KV
+        cache to llama.cpp, which evaluates the last token for the logits (the first time, the
+        two runtimes' KV of the first tokens are compared). If torch cannot, llama.cpp
+        prefills, from now on, and a notice says why."""
+        from repl.engine import long_prefill
+
+        total = len(ids) - reused
+        prefill = self.long_prefill
+        assert prefill is not None
+        yield Progress(0, total)
+        try:
+            self._torch_ready.wait()  # two threads importing transformers at once can fail
+            prefill.load()
+            if len(self.cached) < long_prefill.PROBE:
+                self._eval(ids[len(self.cached):long_prefill.PROBE])
+            state = long_prefill.read_state(self.llm)
+            if prefill.permuted is None and not prefill.check(ids[:long_prefill.PROBE], state):
+                raise ValueError("its KV cache does not match llama.cpp's")
+            import torch
+
+            torch.set_num_threads(self.threads)
+            start = len(self.cached)
+            steps = prefill.extend(state, ids[start:-1], self._cancel.is_set)
+            while True:
+                try:
+                    done = next(steps)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                yield Progress(start + done - reused, total)
+            if result is None:  # cancelled; llama.cpp still holds the prefix it had
+                return False
+            long_prefill.write_state(self.llm, result)
+        except (OSError, ValueError, RuntimeError, ImportError) as exc:
+            self.long_prefill = None
+            self._truncate(0)  # a refused state leaves the sequence empty
+            yield Notice(f"torch's prefill of long prompts is off ({exc}); llama.cpp "
+                         "prefills them")
+            return (yield from self._prefill_llama(ids, reused))
+        self.llm.n_tokens = len(ids) - 1
+        self.llm.input_ids[:len(ids) - 1] = ids[:-1]
+        self.cached = list(ids[:-1])
+        self._eval(ids[-1:])
+        self._prefilled_by = "torch bf16"
+        return True
 
     def _truncate(self, keep: int) -> None:
         """Forget the KV of every cached token after the first `keep`."""
@@ -270,7 +341,7 @@ class LlamaCppBackend(Backend):
             else None,
             total_s=finished - started, finish_reason=finish, seed=seed,
             trimmed_tokens=trimmed, engine=self.name, weights=self.info.dtype,
-            cached_tokens=reused)
+            cached_tokens=reused, prefill=self._prefilled_by)
 
 
 def _processors(params: SamplingParams) -> Any:

@@ -74,6 +74,9 @@ class GenerationStats:
     weights: str = ""
     # Prompt tokens reused from the previous generation's KV cache (not prefilled again).
     cached_tokens: int = 0
+    # What prefilled the prompt when it was not the backend itself ("torch bf16": a long
+    # prompt on llama.cpp, repl/engine/long_prefill.py).
+    prefill: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,8 +91,9 @@ class GenerationStats:
         ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "-"
         rate = f"{self.tokens_per_s:.1f} tok/s" if self.tokens_per_s else "-"
         cached = f" ({self.cached_tokens} cached)" if self.cached_tokens else ""
+        prefill = f", prefilled on {self.prefill}" if self.prefill else ""
         return (f"{self.new_tokens} tokens · {rate} · first token {ttft} · "
-                f"prompt {self.prompt_tokens} tokens{cached} · seed {self.seed} · "
+                f"prompt {self.prompt_tokens} tokens{cached}{prefill} · seed {self.seed} · "
                 f"{self.finish_reason}")
 
 
