@@ -46,3 +46,25 @@ def save_random_gpt2(directory: Path, shape: dict[str, int] | None = None, seed:
     random_gpt2(shape, seed).save_pretrained(directory)
     gpt2_tokenizer().save_pretrained(directory)
     return directory
+
+
+def save_random_llama(directory: Path, seed: int = 0) -> Path:
+    """A random Llama-shaped model (2 layers, 64 wide, 4 query heads sharing 2 kv heads, RoPE)
+    with the default model's tokenizer (49,152 tokens), as a `save_pretrained` directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from repl.models import default_model_dir
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2)
+    directory.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(config).eval().save_pretrained(directory)
+    source = default_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, directory / name)
+    return directory

@@ -273,6 +273,7 @@ class LlamaCppBackend(Backend):
         self.cached = list(ids[:-1])
         self._eval(ids[-1:])
         self._prefilled_by = "torch bf16"
+        yield Progress(total, total)
         return True
 
     def _truncate(self, keep: int) -> None:

@@ -161,6 +161,14 @@ def state_bytes(state: KVState) -> np.ndarray:
     return blob
 
 
+def _llama_cpp() -> Any:
+    try:  # an optional runtime: only its backend hands a state over
+        import llama_cpp
+    except ImportError as exc:
+        raise ValueError("llama.cpp is not installed") from exc
+    return llama_cpp
+
+
 def _width(layer: Any) -> int:
     """Values per token of a (tokens, ...) layer."""
     return int(np.prod(layer.shape[1:]))
@@ -180,8 +188,7 @@ def read_state(llm: Any) -> KVState:
     """Sequence 0 of a llama-cpp-python `Llama`'s context."""
     import ctypes
 
-    import llama_cpp
-
+    llama_cpp = _llama_cpp()
     ctx = llm._ctx.ctx
     size = llama_cpp.llama_state_seq_get_size(ctx, 0)
     blob = np.empty(size, dtype=np.uint8)
@@ -194,8 +201,7 @@ def write_state(llm: Any, state: KVState) -> None:
     """Replace sequence 0 of the context with `state`; ValueError if llama.cpp refuses it."""
     import ctypes
 
-    import llama_cpp
-
+    llama_cpp = _llama_cpp()
     blob = state_bytes(state)
     pointer = blob.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
     if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, pointer, blob.size, 0) != blob.size:
@@ -264,7 +270,7 @@ class TorchPrefill:
                 if cancelled():
                     return None
                 chunk = torch.tensor([ids[start:start + CHUNK]])  # (1, chunk)
-                body(input_ids=chunk, past_key_values=cache, use_cache=True)
+                body(input_ids=chunk, use_cache=True, **{_cache_argument(body): cache})
                 yield min(start + CHUNK, len(ids))
             return self._from_torch(cache, past.v_trans)
 
@@ -332,6 +338,15 @@ def chunk_attention(module: Any, query: Any, key: Any, value: Any, attention_mas
         out = (out.float() * (lse - total).exp().unsqueeze(-1)
                + out_past.float() * (lse_past - total).exp().unsqueeze(-1)).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None  # (1, q, heads, dim)
+
+
+def _cache_argument(model: Any) -> str:
+    """What the model's forward calls its KV cache: `cache` (transformers >= 5.2x), or
+    `past_key_values` before it."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else \
+        "past_key_values"
 
 
 def _drain(generator: Generator[Any, None, Any]) -> Any:
