@@ -249,22 +249,26 @@ class LlamaCppBackend(Backend):
                 raise ValueError("its KV cache does not match llama.cpp's")
             import torch
 
-            torch.set_num_threads(self.threads)
             start = len(self.cached)
             steps = prefill.extend(state, ids[start:-1], self._cancel.is_set)
-            while True:
-                try:
-                    done = next(steps)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
-                yield Progress(start + done - reused, total)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                while True:
+                    try:
+                        done = next(steps)
+                    except StopIteration as finished:
+                        result = finished.value
+                        break
+                    yield Progress(start + done - reused, total)
+            finally:
+                torch.set_num_threads(threads)  # the caller's (a transformers model's) count
             if result is None:  # cancelled; llama.cpp still holds the prefix it had
                 return False
             long_prefill.write_state(self.llm, result)
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             self.long_prefill = None
-            self._truncate(0)  # a refused state leaves the sequence empty
+            self._truncate(0)  # start clean: a refused state leaves the sequence empty
             yield Notice(f"torch's prefill of long prompts is off ({exc}); llama.cpp "
                          "prefills them")
             return (yield from self._prefill_llama(ids, reused))

@@ -3,7 +3,7 @@
 llama.cpp prefills the default model at ~250 tok/s at 2k tokens and ~160 tok/s at 8k on this
 project's 2-core Xeon: its CPU matmuls run on AVX-512, and its AMX kernels crash here
 (repl/engine/llama_open.py). torch's bf16 matmuls and its flash attention run on AMX through
-oneDNN at about 1 TFLOP/s, so the same prompt prefills at ~950 tok/s in torch. Decoding stays
+oneDNN at about 1 TFLOP/s, so an 8k prompt prefills at ~1,050 tok/s in torch. Decoding stays
 with llama.cpp, which is several times faster than torch at one token per step.
 
 The hand-off goes through llama.cpp's own sequence-state format (`llama_state_seq_get_data` /
@@ -265,12 +265,13 @@ class TorchPrefill:
         past_layers = self._to_torch(past, _kv_heads(config)) if past.tokens else None
         cache = DynamicCache(ddp_cache_data=past_layers, config=config)
         body = self.model.base_model  # no LM head: only the KV is wanted
+        cache_kwargs = {_cache_argument(body): cache}
         with torch.inference_mode():
             for start in range(0, len(ids), CHUNK):
                 if cancelled():
                     return None
                 chunk = torch.tensor([ids[start:start + CHUNK]])  # (1, chunk)
-                body(input_ids=chunk, use_cache=True, **{_cache_argument(body): cache})
+                body(input_ids=chunk, use_cache=True, **cache_kwargs)
                 yield min(start + CHUNK, len(ids))
             return self._from_torch(cache, past.v_trans)
 
@@ -279,7 +280,7 @@ class TorchPrefill:
         import torch
 
         def layer(x: Any, rope: bool) -> Any:
-            t = torch.as_tensor(np.asarray(x)).to(torch.bfloat16)
+            t = torch.as_tensor(x).to(torch.bfloat16)
             t = t.view(t.shape[0], heads, -1)  # (tokens, heads, dim)
             if rope and self.permuted:  # gguf (dim/2, 2) pairs -> torch's (2, dim/2) halves
                 t = t.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
