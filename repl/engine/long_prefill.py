@@ -235,7 +235,9 @@ class TorchPrefill:
                 return
             import torch
             from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # as repl/models.py: no bar under the prompt
             _register_attention()
             model = AutoModelForCausalLM.from_pretrained(
                 self.source, dtype=torch.bfloat16, attn_implementation=ATTENTION)
