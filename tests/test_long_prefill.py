@@ -224,3 +224,21 @@ def test_a_long_prompt_on_the_default_model_prefills_on_torch(default_llama):
         default_llama.long_prefill = TorchPrefill.for_source(default_model_dir())
     assert stats.prefill == "torch bf16" and own_stats.prefill == ""
     assert ours == own
+
+
+def test_the_prefill_leaves_torchs_thread_count_as_it_was(tiny_rope_llama, small_chunks):
+    import torch
+
+    backend = tiny_rope_llama
+    before = torch.get_num_threads()
+    # A caller's count (a transformers model in Compare): neither the prefill's 2 nor the
+    # sampler's 1, so whichever forgot to restore it shows.
+    torch.set_num_threads(3)
+    try:
+        _, _, stats, _ = prompt_logits(backend, TorchPrefill(backend.source))
+        after = torch.get_num_threads()
+    finally:
+        backend.long_prefill = None
+        torch.set_num_threads(before)
+    assert stats.prefill == "torch bf16" and backend.threads == 2
+    assert after == 3
